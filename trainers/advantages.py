@@ -1,0 +1,57 @@
+"""Advantage estimators, one signature: ``fn(AdvantageInput, AlgoConfig) -> advantages [B,T]``.
+
+All credit assignment ends here; the update step only sees the returned tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from trainers.config import AlgoConfig
+from trainers.registry import Registry
+from trainers.types import AdvantageInput
+
+ADVANTAGE = Registry("advantage estimator")
+
+
+def group_stats(x: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row group mean, unbiased group std (0 for groups of one) and group size, each [B]."""
+    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    x = x.to(torch.float64)
+    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, x)
+    mean = sums / counts
+    sq = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, (x - mean[inv]) ** 2)
+    var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
+    return mean[inv], var.sqrt()[inv], counts[inv]
+
+
+def _broadcast(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return adv.to(torch.float32)[:, None] * mask.to(torch.float32)
+
+
+@ADVANTAGE.register("grpo")
+def grpo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, eq. 3): ``A_i = (r_i - mean_g) / (std_g + eps)``; without std when
+    ``cfg.scale_std`` is False (Dr.GRPO, Liu et al. 2025). Groups of one get A = 0.
+
+    Example: one group r = [1, 0, 0, 1] -> mean 0.5, std 0.5774 -> A = [0.866, -0.866, -0.866, 0.866].
+    """
+    mean, std, _ = group_stats(inp.rewards, inp.group_ids)
+    centred = inp.rewards.to(torch.float64) - mean
+    adv = centred / (std + cfg.std_eps) if cfg.scale_std else centred
+    return _broadcast(adv, inp.mask)
+
+
+@ADVANTAGE.register("dr_grpo")
+def dr_grpo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): ``A_i = r_i - mean_g``, no std."""
+    mean, _, _ = group_stats(inp.rewards, inp.group_ids)
+    return _broadcast(inp.rewards.to(torch.float64) - mean, inp.mask)
+
+
+@ADVANTAGE.register("rloo")
+def rloo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): ``A_i = r_i - mean_{j != i} r_j = k/(k-1) (r_i - mean_g)``; 0 for groups of one."""
+    mean, _, k = group_stats(inp.rewards, inp.group_ids)
+    k = k.to(torch.float64)
+    adv = torch.where(k > 1, (inp.rewards.to(torch.float64) - mean) * k / (k - 1).clamp(min=1), torch.zeros_like(k))
+    return _broadcast(adv, inp.mask)

@@ -1,0 +1,55 @@
+"""Checkpoints: ``checkpoints/step_N/`` = DeepSpeed state + ``trainer_state.json`` + a ``COMPLETE`` marker.
+
+A checkpoint is written into ``.step_N.tmp`` and renamed only once every rank has finished, so a run killed
+mid-save leaves the previous complete checkpoint as the newest usable one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainers import distributed
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.exists():
+        return []
+    out = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "COMPLETE").exists()]
+    return sorted(out)
+
+
+def save(policy, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool) -> Path:
+    final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
+    policy.save(str(tmp), client_state={"rng": rng_state(), "step": step})
+    distributed.barrier()
+    if is_main:
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        (tmp / "COMPLETE").write_text("")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for _, old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final

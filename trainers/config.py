@@ -1,0 +1,169 @@
+"""The one typed config tree. Dataclasses are the only source of fields and defaults; recipes only set values.
+
+Each room owns its slice (``rollout.config``, ``rewards.config``); this module composes them with the
+trainer's own sections and holds the cross-field rules in :func:`validate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rewards.config import RewardConfig
+from rollout.config import RolloutConfig
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = ""  # run folder; empty = runs/<recipe>-<timestamp>
+    seed: int = 0  # seeds data order, sampling and initialisation
+    resume: str = "none"  # "none" | "auto" (newest complete checkpoint in output_dir) | a checkpoint folder
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny-base"  # HF model folder, or "tiny-base" = the embedded base model (built and cached on demand)
+    dtype: str = "float32"  # trainer dtype: float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+
+
+@dataclass
+class TinyBaseConfig:
+    seed: int = 0  # seed of the embedded base model's data and SFT
+    force: bool = False  # rebuild even when a cached model exists
+
+
+@dataclass
+class DataConfig:
+    task: str = "arith"  # embedded task name in recipes.tasks.TASKS (used when train_file is empty)
+    seed: int = 0  # seed of the task's problem generator
+    n_train: int = 4000  # training problems generated for the embedded task
+    n_eval: int = 256  # held-out problems generated for the embedded task
+    train_file: str = ""  # JSONL/parquet of training rows (prompt, answer[, uid]); overrides task when set
+    eval_file: str = ""  # JSONL/parquet of held-out rows
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # advantage estimator in trainers.advantages.ADVANTAGE
+    scale_std: bool = True  # GRPO: divide the group-centred reward by the group std (False = Dr.GRPO)
+    std_eps: float = 1e-6  # added to the group std
+    loss: str = "ppo_clip"  # per-token policy loss in trainers.losses.LOSS
+    clip_low: float = 0.2  # PPO ratio clip below: 1 - clip_low
+    clip_high: float = 0.2  # PPO ratio clip above: 1 + clip_high (clip-higher: e.g. 0.28)
+    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    norm_length: int = 0  # seq-mean-token-sum-norm's constant divisor; 0 = rollout.max_tokens (Dr.GRPO)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.999  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    warmup_steps: int = 0  # linear learning-rate warm-up in optimizer steps
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0  # ZeRO stage 0-3
+    backend: str = "auto"  # torch.distributed backend: auto (nccl on GPU, gloo on CPU) | gloo | nccl
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 20  # RL steps
+    prompts_per_step: int = 16  # prompts per RL step over all ranks (each sampled rollout.n times)
+    mini_batches: int = 1  # optimizer steps per pass over a step's rollouts
+    epochs: int = 1  # passes over a step's rollouts (>1 makes the PPO ratio matter)
+    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    logprob_chunk: int = 1024  # tokens per chunk in the memory-lean log-prob kernel
+    eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
+    save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
+    keep_last: int = 2  # checkpoints kept on disk
+
+
+@dataclass
+class EvalConfig:
+    temperature: float = 1.0  # held-out sampling temperature (pass@1 at this temperature)
+    top_p: float = 1.0  # held-out nucleus mass
+    samples: int = 1  # samples per held-out problem
+    max_tokens: int = 0  # completion cap for evaluation; 0 = rollout.max_tokens
+    seed: int = 1234  # fixed seed so before/after evaluations sample comparably
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True  # log to Weights & Biases
+    wandb_mode: str = "auto"  # auto (online if logged in, else offline) | online | offline
+    project: str = "laconic"  # W&B project
+    progress: bool = True  # progress bar with the headline metrics
+
+
+@dataclass
+class Config:
+    recipe: str = "tiny_grpo"  # recipe the run was started from (informational)
+    job: str = "rl"  # rl = RL training | sft = build the embedded base model
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiny_base: TinyBaseConfig = field(default_factory=TinyBaseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Cross-field rules, checked before any model is loaded. Raises ValueError naming the fields."""
+    from rewards import TERMS
+    from trainers.advantages import ADVANTAGE
+    from trainers.aggregation import AGGREGATIONS
+    from trainers.losses import LOSS
+
+    t, r, a = cfg.trainer, cfg.rollout, cfg.algo
+    _one_of("job", cfg.job, ("rl", "sft"))
+    _one_of("algo.advantage", a.advantage, ADVANTAGE)
+    _one_of("algo.loss", a.loss, LOSS)
+    _one_of("algo.aggregation", a.aggregation, AGGREGATIONS)
+    _one_of("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
+    _one_of("deepspeed.backend", cfg.deepspeed.backend, ("auto", "gloo", "nccl"))
+    _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
+    _one_of("logging.wandb_mode", cfg.logging.wandb_mode, ("auto", "online", "offline"))
+    for name in cfg.reward.terms:
+        _one_of("reward.terms", name, TERMS)
+    _positive(t=t, r=r)
+    if t.prompts_per_step % world_size:
+        raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the {world_size} ranks")
+    seqs = t.prompts_per_step // world_size * r.n
+    if seqs % t.mini_batches or (seqs // t.mini_batches) % t.micro_batch_size:
+        raise ValueError(
+            f"each rank's {seqs} sequences per step (trainer.prompts_per_step / ranks * rollout.n) must split into "
+            f"trainer.mini_batches={t.mini_batches} mini-batches of whole trainer.micro_batch_size="
+            f"{t.micro_batch_size} micro-batches")
+    if r.max_tokens >= r.max_model_len:
+        raise ValueError(f"rollout.max_tokens={r.max_tokens} must be < rollout.max_model_len={r.max_model_len}")
+    if not (0 <= a.clip_low < 1 and a.clip_high >= 0):
+        raise ValueError(f"algo.clip_low={a.clip_low} must be in [0,1) and algo.clip_high={a.clip_high} >= 0")
+    if a.advantage == "grpo" and r.n < 2:
+        raise ValueError("algo.advantage=grpo needs rollout.n >= 2 (group statistics of one sample are undefined)")
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {sorted(allowed, key=str)}")
+
+
+def _positive(t: TrainerConfig, r: RolloutConfig) -> None:
+    for name, v in (("trainer.max_steps", t.max_steps), ("trainer.prompts_per_step", t.prompts_per_step),
+                    ("trainer.mini_batches", t.mini_batches), ("trainer.epochs", t.epochs),
+                    ("trainer.micro_batch_size", t.micro_batch_size), ("rollout.n", r.n),
+                    ("rollout.max_tokens", r.max_tokens), ("trainer.logprob_chunk", t.logprob_chunk)):
+        if v <= 0:
+            raise ValueError(f"{name}={v} must be > 0")
+    if r.temperature <= 0:
+        raise ValueError(f"rollout.temperature={r.temperature} must be > 0: RL learns from sampled completions")

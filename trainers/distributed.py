@@ -1,0 +1,82 @@
+"""Process-group setup shared by single-process and launcher runs, without importing DeepSpeed.
+
+The ``deepspeed`` launcher sets RANK / WORLD_SIZE / MASTER_* and appends ``--local_rank=N``; a plain
+``python launch.py`` run gets a one-rank group on a free local port (``deepspeed.init_distributed`` would go
+looking for MPI there).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(backend: str = "auto", local_rank: int | None = None) -> Dist:
+    """Initialise (or join) the default process group and return this process's place in it."""
+    if local_rank is not None:
+        os.environ["LOCAL_RANK"] = str(local_rank)
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    lr = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", lr) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr, device=device)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (returns a new tensor; a no-op copy on one rank)."""
+    out = t.clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped ``[B, ...]`` tensors from all ranks along dim 0, in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t.clone()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
+def gather_objects(obj) -> list:
+    """All ranks' picklable objects, in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

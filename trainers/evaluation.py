@@ -1,0 +1,44 @@
+"""Held-out evaluation with the colocated engine: pass@1 at ``eval.temperature`` and the length distribution.
+
+Each rank generates for its strided share of the held-out prompts; per-problem seeds come from the problem's
+uid, so the numbers do not depend on the number of ranks and before/after evaluations are paired.
+"""
+from __future__ import annotations
+
+import torch
+
+from rewards.registry import verify
+from rewards.types import RewardInput
+from rollout.types import Prompt, SamplingSpec
+from trainers import distributed
+from trainers.config import Config
+from trainers.metrics import length_stats
+
+
+def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: int) -> dict[str, float]:
+    e = cfg.eval
+    spec = SamplingSpec(n=e.samples, max_tokens=e.max_tokens or cfg.rollout.max_tokens, temperature=e.temperature,
+                        top_p=e.top_p, seed=e.seed)
+    shard = prompts[rank::world_size]
+    rows: list[tuple[int, bool, bool]] = []
+    if shard:
+        batch = engine.generate(shard, spec)
+        inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
+                          group_ids=batch.group_ids, meta=batch.meta)
+        ok = verify(inp, cfg.reward.correctness.verifier)
+        rows = list(zip(batch.num_tokens.tolist(), ok.tolist(), batch.truncated.tolist()))
+    allrows = [r for part in distributed.gather_objects(rows) for r in part]
+    return eval_metrics(allrows)
+
+
+def eval_metrics(rows: list[tuple[int, bool, bool]]) -> dict[str, float]:
+    """rows of (tokens, correct, truncated) -> eval/* metrics."""
+    lengths = torch.tensor([r[0] for r in rows], dtype=torch.float64)
+    correct = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+    trunc = torch.tensor([r[2] for r in rows], dtype=torch.float64)
+    n_correct = float(correct.sum())
+    out = {"eval/acc": float(correct.mean()) if rows else 0.0, "eval/n": float(len(rows))}
+    out |= length_stats(lengths, "eval/len_")
+    out["eval/truncated_frac"] = float(trunc.mean()) if rows else 0.0
+    out["eval/tokens_per_correct"] = float(lengths.sum()) / n_correct if n_correct else float("inf")
+    return out

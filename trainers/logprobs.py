@@ -1,0 +1,55 @@
+"""Policy log-probs of sampled completion tokens: one backbone forward, then the memory-lean kernel.
+
+Sequence b is ``prompt_b + completion_b`` right-padded. The hidden state at position p predicts token p+1,
+so completion token t of row b (at position ``Lp_b + t``) is scored from hidden position ``Lp_b + t - 1``.
+Only the ``[N, H]`` hidden rows of valid completion tokens reach the LM head.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels import logprobs_from_hidden
+
+
+def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                 pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> input_ids [B,L], attention_mask [B,L], score_pos [B,T] (hidden index scoring each completion token)."""
+    b, t = completion_ids.shape
+    lens = completion_mask.sum(-1).tolist()
+    width = max(len(p) + n for p, n in zip(prompt_ids, lens))
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    pos = torch.zeros((b, t), dtype=torch.long)
+    for i, (p, n) in enumerate(zip(prompt_ids, lens)):
+        lp = len(p)
+        ids[i, :lp] = torch.tensor(p, dtype=torch.long)
+        ids[i, lp:lp + n] = completion_ids[i, :n]
+        attn[i, :lp + n] = 1
+        pos[i] = torch.arange(lp - 1, lp - 1 + t).clamp(max=width - 1)
+    return ids, attn, pos
+
+
+def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                        completion_mask: torch.Tensor, pad_id: int, temperature: float, chunk: int,
+                        through_head_module: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> logprobs [B,T], entropy [B,T] (0 on padding), hidden [B,T,H] (detached features for the drafter).
+
+    ``through_head_module`` calls the LM head as a module (so ZeRO-3's gather hooks run) and scores its
+    ``[N,V]`` logits with the reference twin; otherwise the head's weight goes to the chunked kernel.
+    """
+    device = next(model.parameters()).device
+    ids, attn, pos = build_inputs(prompt_ids, completion_ids, completion_mask, pad_id)
+    out = model.get_decoder()(input_ids=ids.to(device), attention_mask=attn.to(device))
+    hidden_all = out.last_hidden_state  # [B,L,H]
+    hidden = hidden_all.gather(1, pos.to(device)[..., None].expand(-1, -1, hidden_all.shape[-1]))  # [B,T,H]
+    mask = completion_mask.to(device)
+    head, rows, ids_flat = model.get_output_embeddings(), hidden[mask], completion_ids.to(device)[mask]
+    if through_head_module:
+        logp_all = torch.log_softmax(head(rows).float() / temperature, dim=-1)
+        lp_flat = logp_all.gather(-1, ids_flat[:, None]).squeeze(-1)
+        ent_flat = -(logp_all.exp() * logp_all).sum(-1)
+    else:
+        lp_flat, ent_flat = logprobs_from_hidden(rows, head.weight, ids_flat, temperature=temperature, chunk=chunk)
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, lp_flat)
+    entropy = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, ent_flat)
+    return logprobs, entropy, hidden.detach()

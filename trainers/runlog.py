@@ -1,0 +1,67 @@
+"""The run folder contract (ARCHITECTURE.md §7): config.yaml, metrics.jsonl, eval.jsonl, summary.json.
+
+Appends are flushed and fsynced line by line so a killed run keeps every finished step; whole-file writes go
+through a temporary file and ``os.replace`` so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clean(v):
+    """JSON has no inf/nan: write them as null (e.g. tokens per correct answer when none is correct)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        probe = self.path / ".write_probe"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"run.output_dir={str(self.path)!r} is not writable: {e}") from e
+        self.checkpoints = self.path / "checkpoints"
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write_text(self.path / "config.yaml", yaml_text)
+
+    def append(self, name: str, record: dict) -> None:
+        line = json.dumps(_clean(record))
+        with open(self.path / name, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def log_metrics(self, record: dict) -> None:
+        self.append("metrics.jsonl", record)
+
+    def log_eval(self, record: dict) -> None:
+        self.append("eval.jsonl", record)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        p = self.path / name
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
