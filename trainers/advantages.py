@@ -37,7 +37,10 @@ def grpo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     """
     mean, std, _ = group_stats(inp.rewards, inp.group_ids)
     centred = inp.rewards.to(torch.float64) - mean
-    adv = centred / (std + cfg.std_eps) if cfg.scale_std else centred
+    if cfg.scale_std:  # a zero-spread group has centred == 0: give it 0, never 0/0
+        adv = torch.where(std > 0, centred / (std + cfg.std_eps), torch.zeros_like(centred))
+    else:
+        adv = centred
     return _broadcast(adv, inp.mask)
 
 

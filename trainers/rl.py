@@ -173,8 +173,9 @@ class Trainer:
               "acc/mean": float(rows[:, 2].mean())}
         m |= {f"reward/{k}": float(distributed.all_sum(v.to(torch.float64).sum().reshape(1))[0]) / rows.shape[0]
               for k, v in rewards.terms.items()}
-        m |= {k.replace("len/", "len/"): v for k, v in length_stats(rows[:, 0], "len/").items()}
+        m |= length_stats(rows[:, 0], "len/")
         m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
+              "rollout/sequences": rows.shape[0], "rollout/tokens": tokens,
               "train/loss": float(sums[0]) / n_opt, "train/entropy": float(sums[1] / sums[3].clamp(min=1)),
               "train/clip_frac": float(sums[2] / sums[3].clamp(min=1)),
               "train/grad_norm": float(sums[4]) / n_opt / self.d.world_size, "train/lr": self.policy.lr(),

@@ -1,0 +1,93 @@
+"""Recipes load into the typed tree; bad keys, types and combinations fail fast and say what to fix."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipes.loader import ConfigError, available, load
+from trainers.config import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_recipe_loads_and_validates(name):
+    cfg, text = load(name, [])
+    validate(cfg, world_size=1)
+    assert cfg.recipe == name and "rollout:" in text
+
+
+def test_override_changes_value_with_type():
+    cfg, _ = load("tiny_grpo", ["trainer.max_steps=3", "algo.clip_high=0.28", "logging.wandb=false"])
+    assert cfg.trainer.max_steps == 3 and cfg.algo.clip_high == 0.28 and cfg.logging.wandb is False
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"trainer\.max_step.*did you mean 'trainer\.max_steps'"):
+        load("tiny_grpo", ["trainer.max_step=3"])
+
+
+def test_unknown_section_suggests_closest():
+    with pytest.raises(ConfigError, match=r"did you mean 'rollout'"):
+        load("tiny_grpo", ["rollot.n=3"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
+        load("tiny_grpo", ["trainer.max_steps=many"])
+
+
+def test_unknown_key_in_recipe_file_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny_grpo\nalgo:\n  clip_hgih: 0.3\n")
+    with pytest.raises(ConfigError, match=r"algo\.clip_hgih.*bad\.yaml.*did you mean 'algo\.clip_high'"):
+        load(str(bad), [])
+
+
+def test_malformed_yaml_names_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("trainer: [max_steps: 3\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load(str(bad), [])
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="tiny_grpo"):
+        load("tiny_grop", [])
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (["trainer.prompts_per_step=6", "rollout.n=4", "trainer.micro_batch_size=16"], "trainer.micro_batch_size"),
+    (["algo.aggregation=mean"], "algo.aggregation"),
+    (["rollout.max_tokens=600", "rollout.max_model_len=512"], "rollout.max_tokens"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+    (["rollout.temperature=0"], "rollout.temperature"),
+])
+def test_impossible_combinations_name_fields(overrides, field):
+    cfg, _ = load("tiny_grpo", overrides)
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        validate(cfg, world_size=1)
+
+
+def test_prompts_must_divide_over_ranks():
+    cfg, _ = load("tiny_grpo", ["trainer.prompts_per_step=3"])
+    with pytest.raises(ValueError, match="divisible by the 2 ranks"):
+        validate(cfg, world_size=2)
+
+
+def test_launch_fails_on_unknown_key_before_heavy_imports():
+    # fails before vLLM, DeepSpeed or any model is touched (that is what keeps it to seconds)
+    code = ("import sys, launch\n"
+            "try:\n    launch.main(['recipe=tiny_grpo', 'trainer.max_step=3'])\n"
+            "except SystemExit as e:\n    print('MSG', e)\n"
+            "print('HEAVY', sorted(m for m in ('vllm', 'deepspeed', 'transformers') if m in sys.modules))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "did you mean 'trainer.max_steps'" in p.stdout, p.stdout + p.stderr
+    assert "HEAVY []" in p.stdout
+
+
+def test_launch_cli_exit_code_and_message():
+    p = subprocess.run([sys.executable, "launch.py", "recipe=tiny_grpo", "trainer.max_steps=lots"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "trainer.max_steps" in p.stderr

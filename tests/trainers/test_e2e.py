@@ -1,0 +1,70 @@
+"""End-to-end runs of ``launch.py`` on the embedded task: the run-folder contract, and two DeepSpeed ranks."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["recipe=tiny_grpo", "trainer.prompts_per_step=4", "rollout.n=4", "trainer.micro_batch_size=8",
+         "data.n_eval=32", "rollout.max_tokens=256", "rollout.kv_cache_memory_bytes=134217728"]
+METRIC_KEYS = {"step", "time/step_s", "time/rollout_s", "time/update_s", "time/sync_s", "reward/mean", "acc/mean",
+               "len/mean", "len/p90", "len/max", "len/truncated_frac", "rollout/tokens_per_s", "train/loss",
+               "train/entropy", "train/grad_norm"}
+
+
+def _run(cmd, tmp_path, timeout=900):
+    env = dict(os.environ, LACONIC_CACHE=os.environ.get("LACONIC_CACHE", str(Path.home() / ".cache" / "laconic")))
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
+    return p
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_single_rank_run_folder_contract(base_model_dir, tmp_path):
+    out = tmp_path / "run"
+    p = _run([sys.executable, "launch.py", *SMALL, "trainer.max_steps=3", "trainer.save_every=1",
+              "trainer.keep_last=2", "trainer.eval_every=2", f"run.output_dir={out}", "logging.wandb=true",
+              "logging.wandb_mode=offline"], tmp_path)
+    assert f"run folder: {out}" in p.stdout
+    assert "max_steps: 3" in (out / "config.yaml").read_text()
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert METRIC_KEYS <= set(metrics[0]), METRIC_KEYS - set(metrics[0])
+    assert all(m["rollout/sequences"] == 16 for m in metrics)
+    assert [m["policy_version"] for m in metrics] == [1, 2, 3]
+    evals = _jsonl(out / "eval.jsonl")
+    assert [e["step"] for e in evals] == [0, 2, 3] and all(e["eval/n"] == 32 for e in evals)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["before"]["step"] == 0 and summary["after"]["step"] == 3
+    assert {"eval/acc", "eval/len_mean", "eval/len_p90"} <= set(summary["after"])
+    assert summary["totals"]["steps"] == 3 and summary["totals"]["rollout_tokens"] == sum(m["rollout/tokens"] for m in metrics)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_2", "step_3"] and (out / "checkpoints" / "step_3" / "COMPLETE").exists()
+    assert list((out / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "export")
+    assert AutoTokenizer.from_pretrained(out / "export").eos_token is not None
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
+def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path):
+    out = tmp_path / "run2"
+    _run(["deepspeed", "--num_gpus", "2", "launch.py", *SMALL, "trainer.max_steps=2", f"run.output_dir={out}",
+          "logging.wandb=false", "logging.progress=false", "deepspeed.zero_stage=2"], tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["ranks"] == 2 and summary["totals"]["steps"] == 2
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert len(metrics) == 2 and all(m["rollout/sequences"] == 16 for m in metrics)  # both ranks' rows gathered
+    assert _jsonl(out / "eval.jsonl")[0]["eval/n"] == 32  # held-out set split over ranks, gathered once
+    assert (out / "checkpoints" / "step_2" / "COMPLETE").exists()
