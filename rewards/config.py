@@ -1,4 +1,7 @@
-"""Rewards slice of the config: which terms make up the reward and their parameters."""
+"""Rewards slice of the config: which terms make up the reward and their parameters.
+
+Each paper's term has its own section with the authors' defaults; ``terms`` picks terms and weights.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +15,42 @@ class CorrectnessConfig:
 
 
 @dataclass
+class LCPOExactConfig:
+    alpha: float = 0.0003  # L1-Exact: r = c - alpha * |N - n| (Aggarwal & Welleck 2025)
+
+
+@dataclass
+class LCPOMaxConfig:
+    alpha: float = 0.001  # L1-Max: r = c * clip(alpha * (N - n) + delta, 0, 1)
+    delta: float = 0.5  # L1-Max offset (paper-era released code)
+
+
+@dataclass
+class ShorterBetterConfig:
+    alpha: float = 2.0  # weight of correctness: r = alpha * c - beta * |n - SOL| (Yi et al. 2025)
+    beta: float = 0.001  # weight of the distance to the sample-optimal length
+
+
+@dataclass
+class HAPOConfig:
+    weight: float = 1.0  # w: the term is w * f(n / h) on top of a separate correctness term (Huang et al. 2025)
+    mode: str = "min"  # history update: min (shortest correct length so far) | mean (running mean of correct lengths)
+    correct_floor: float = -0.7  # correct answers: max(f, floor)
+
+
+@dataclass
+class KimiConfig:
+    weight: float = 1.0  # Kimi k1.5 group length penalty weight
+
+
+@dataclass
 class RewardConfig:
     terms: dict[str, float] = field(default_factory=lambda: {"correctness": 1.0})  # term name -> weight in the total
-    correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)  # parameters of the correctness term
+    truncation: str = "none"  # completions cut at the cap: none | zero (DLER paper) | scale (DLER code: x truncation_scale)
+    truncation_scale: float = 0.1  # factor of a truncated completion's reward when truncation=scale
+    correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)  # correctness term
+    lcpo_exact: LCPOExactConfig = field(default_factory=LCPOExactConfig)  # L1-Exact term
+    lcpo_max: LCPOMaxConfig = field(default_factory=LCPOMaxConfig)  # L1-Max term
+    shorterbetter: ShorterBetterConfig = field(default_factory=ShorterBetterConfig)  # ShorterBetter term
+    hapo: HAPOConfig = field(default_factory=HAPOConfig)  # HAPO history term
+    kimi: KimiConfig = field(default_factory=KimiConfig)  # Kimi k1.5 length term

@@ -14,20 +14,45 @@ from rewards.config import RewardConfig
 from rewards.types import RewardInput, RewardOutput
 from rewards.verifiers import VERIFIERS
 
-TermFn = Callable[[RewardInput, RewardConfig], torch.Tensor]
+TermFn = Callable[..., torch.Tensor]
 TERMS: dict[str, TermFn] = {}
+STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
 
 
-def register_term(name: str) -> Callable[[TermFn], TermFn]:
-    """Decorator adding ``fn`` to :data:`TERMS`; a second term with the same name is an error."""
+def register_term(name: str, state: type | None = None) -> Callable[[TermFn], TermFn]:
+    """Decorator adding ``fn`` to :data:`TERMS`; a second term with the same name is an error.
+
+    A stateful term declares its ``state`` class and is called ``fn(inp, cfg, state)``; the state is read, never
+    written, while rewards are computed (every reward of a batch sees the state from before the batch).
+    """
 
     def deco(fn: TermFn) -> TermFn:
         if name in TERMS:
             raise ValueError(f"reward term {name!r} is already registered by {TERMS[name].__module__}")
         TERMS[name] = fn
+        if state is not None:
+            STATE_TYPES[name] = state
         return fn
 
     return deco
+
+
+def make_states(cfg: RewardConfig) -> dict[str, object]:
+    """Fresh state objects for the stateful terms ``cfg`` uses (the trainer checkpoints them)."""
+    return {name: STATE_TYPES[name](cfg) for name in cfg.terms if name in STATE_TYPES}
+
+
+def observe(inp: RewardInput, states: dict[str, object]) -> dict[str, object]:
+    """Each state's local update from a verified batch (picklable), to be gathered over ranks and applied."""
+    if inp.correct is None:
+        raise ValueError("observe() needs a verified RewardInput (RewardOutput.input)")
+    return {name: st.observe(inp) for name, st in states.items()}
+
+
+def apply(states: dict[str, object], updates: list[dict[str, object]]) -> None:
+    """Apply the local updates of every rank (in rank order) to the states."""
+    for name, st in states.items():
+        st.apply([u[name] for u in updates])
 
 
 def verify(inp: RewardInput, verifier: str) -> torch.Tensor:
@@ -38,15 +63,36 @@ def verify(inp: RewardInput, verifier: str) -> torch.Tensor:
     return torch.tensor([fn(c, m["answer"]) for c, m in zip(inp.completions, inp.meta)], dtype=torch.bool)
 
 
-def compute(inp: RewardInput, cfg: RewardConfig) -> RewardOutput:
-    """Verify once, evaluate every configured term once, return ``total = sum_k weight_k * term_k``."""
+def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | None = None) -> RewardOutput:
+    """Verify once, evaluate every configured term once, return ``total = sum_k weight_k * term_k``, then apply the
+    truncation rule: ``zero`` sets a truncated completion's reward to 0 (DLER paper), ``scale`` multiplies it by
+    ``truncation_scale`` (DLER's released code: 0.1 x its score)."""
     unknown = sorted(set(cfg.terms) - set(TERMS))
     if unknown:
         raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}")
     if inp.correct is None:
         inp = dataclasses.replace(inp, correct=verify(inp, cfg.correctness.verifier))
-    terms = {name: TERMS[name](inp, cfg).to(torch.float32) for name in cfg.terms}
+    states = states or {}
+    terms = {}
+    for name in cfg.terms:
+        if name in STATE_TYPES:
+            if name not in states:
+                raise KeyError(f"reward term {name!r} is stateful: pass its state (rewards.make_states(cfg))")
+            terms[name] = TERMS[name](inp, cfg, states[name]).to(torch.float32)
+        else:
+            terms[name] = TERMS[name](inp, cfg).to(torch.float32)
     total = torch.zeros(len(inp.completions), dtype=torch.float32)
     for name, weight in cfg.terms.items():
         total = total + weight * terms[name]
-    return RewardOutput(total=total, correct=inp.correct, terms=terms)
+    total = _truncation(total, inp.truncated, cfg)
+    return RewardOutput(total=total, correct=inp.correct, terms=terms, input=inp)
+
+
+def _truncation(total: torch.Tensor, truncated: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
+    if cfg.truncation == "none":
+        return total
+    if cfg.truncation == "zero":
+        return torch.where(truncated, torch.zeros_like(total), total)
+    if cfg.truncation == "scale":
+        return torch.where(truncated, cfg.truncation_scale * total, total)
+    raise ValueError(f"reward.truncation={cfg.truncation!r} is not one of ['none', 'scale', 'zero']")

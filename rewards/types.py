@@ -32,3 +32,4 @@ class RewardOutput:
     correct: torch.Tensor  # [B] bool: verifier verdicts (acc/* metrics)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float, unweighted
     token_rewards: torch.Tensor | None = None  # [B,T] float: token-level rewards, when a token-level term ran
+    input: RewardInput | None = None  # the verified input (``correct`` filled), for state updates

@@ -136,6 +136,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("logging.wandb_mode", cfg.logging.wandb_mode, ("auto", "online", "offline"))
     for name in cfg.reward.terms:
         _one_of("reward.terms", name, TERMS)
+    _one_of("reward.truncation", cfg.reward.truncation, ("none", "zero", "scale"))
+    _one_of("reward.hapo.mode", cfg.reward.hapo.mode, ("min", "mean"))
     _positive(t=t, r=r)
     if t.prompts_per_step % world_size:
         raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the {world_size} ranks")

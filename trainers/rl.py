@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from rewards import RewardInput, RewardOutput, compute
+import rewards
+from rewards import RewardInput, RewardOutput
 from rollout.types import RolloutBatch, SamplingSpec
 from trainers import checkpoint, distributed
 from trainers.advantages import ADVANTAGE
@@ -74,6 +75,7 @@ class Trainer:
         self.eval_prompts = to_prompts(task.eval, self.tokenizer)
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name, json.loads(json.dumps(
             _as_dict(cfg), default=str)), enabled=self.d.is_main)
+        self.reward_states = rewards.make_states(cfg.reward)
         self.step, self.tokens_total, self.version = 0, 0, 0
         self.evals: list[dict] = []
 
@@ -101,9 +103,14 @@ class Trainer:
         return self.rollout.generate(prompts, spec)
 
     def reward_phase(self, batch: RolloutBatch) -> RewardOutput:
+        """Rewards from the state before this batch; then every rank's state update is applied on every rank."""
         inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
                           group_ids=batch.group_ids, meta=batch.meta)
-        return compute(inp, self.cfg.reward)
+        out = rewards.compute(inp, self.cfg.reward, self.reward_states)
+        if self.reward_states:
+            local = rewards.observe(out.input, self.reward_states)
+            rewards.apply(self.reward_states, distributed.gather_objects(local))
+        return out
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput) -> torch.Tensor:
         fn = ADVANTAGE.get_or_raise(self.cfg.algo.advantage, "algo.advantage")
@@ -215,7 +222,8 @@ class Trainer:
         return summary
 
     def save(self) -> Path:
-        state = {"step": self.step, "version": self.version, "tokens_total": self.tokens_total}
+        state = {"step": self.step, "version": self.version, "tokens_total": self.tokens_total,
+                 "reward_states": {k: v.state_dict() for k, v in self.reward_states.items()}}
         return checkpoint.save(self.policy, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
                                self.d.is_main)
 

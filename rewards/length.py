@@ -1,0 +1,73 @@
+"""Stateless length terms, each the formula of its paper's released code. ``n`` is completion tokens (EOS
+included when sampled; the cap when truncated), ``c`` the verifier's verdict, groups are rows of one prompt."""
+from __future__ import annotations
+
+import torch
+
+from rewards.config import RewardConfig
+from rewards.registry import register_term
+from rewards.types import RewardInput
+
+
+def _targets(inp: RewardInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] float target N (0 where absent) and [B] bool has-target, from ``meta["target_tokens"]``."""
+    t = [m.get("target_tokens") for m in inp.meta]
+    has = torch.tensor([x is not None for x in t], dtype=torch.bool)
+    return torch.tensor([float(x) if x is not None else 0.0 for x in t]), has
+
+
+@register_term("lcpo_exact")
+def lcpo_exact(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """L1-Exact (Aggarwal & Welleck 2025, eq. 1): ``r = c - alpha * |N - n|``, unclipped; rows without a target
+    get plain ``c``. Example: alpha=3e-4, N=100: correct n=150 -> 1 - 0.015 = 0.985; wrong n=100 -> 0."""
+    c = inp.correct.to(torch.float32)
+    target, has = _targets(inp)
+    pen = cfg.lcpo_exact.alpha * (target - inp.num_tokens.to(torch.float32)).abs()
+    return torch.where(has, c - pen, c)
+
+
+@register_term("lcpo_max")
+def lcpo_max(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """L1-Max: ``r = c * clip(alpha * (N - n) + delta, 0, 1)``; rows without a target get ``c``.
+    Example: alpha=1e-3, delta=.5, N=100: correct n=100 -> .5; n=0 -> .6; n=700 -> 0; wrong -> 0."""
+    c = inp.correct.to(torch.float32)
+    target, has = _targets(inp)
+    m = cfg.lcpo_max
+    scale = (m.alpha * (target - inp.num_tokens.to(torch.float32)) + m.delta).clamp(0.0, 1.0)
+    return torch.where(has, c * scale, c)
+
+
+def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    return inv, int(inv.max()) + 1 if inv.numel() else 0
+
+
+@register_term("shorterbetter")
+def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """ShorterBetter (Yi et al. 2025): ``r = alpha * c - beta * |n - SOL|``, SOL = the shortest correct length of
+    the group, or the group's mean length when none is correct. Example (alpha=2, beta=1e-3): group n=[100, 300],
+    c=[0, 1] -> SOL=300 -> r=[-0.2, 2.0]; all wrong n=[100, 300] -> SOL=200 -> r=[-0.1, -0.1]."""
+    n = inp.num_tokens.to(torch.float32)
+    c = inp.correct
+    inv, g = _group_index(inp.group_ids)
+    big = torch.full((g,), float("inf"))
+    shortest = big.scatter_reduce(0, inv, torch.where(c, n, torch.full_like(n, float("inf"))), "amin")
+    mean = torch.zeros(g).index_add_(0, inv, n) / torch.zeros(g).index_add_(0, inv, torch.ones_like(n))
+    sol = torch.where(torch.isfinite(shortest), shortest, mean)[inv]
+    s = cfg.shorterbetter
+    return s.alpha * c.to(torch.float32) - s.beta * (n - sol).abs()
+
+
+@register_term("kimi")
+def kimi(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """Kimi k1.5 length reward (Kimi Team 2025, §2.3.3): ``lambda = 0.5 - (n - n_min) / (n_max - n_min)`` per group;
+    correct -> lambda, wrong -> min(0, lambda); all 0 when the group's lengths are equal.
+    Example: n=[100, 200, 300], c=[1, 1, 0] -> lambda=[.5, 0, -.5] -> r=[.5, 0, -.5]."""
+    n = inp.num_tokens.to(torch.float32)
+    inv, g = _group_index(inp.group_ids)
+    lo = torch.full((g,), float("inf")).scatter_reduce(0, inv, n, "amin")[inv]
+    hi = torch.full((g,), float("-inf")).scatter_reduce(0, inv, n, "amax")[inv]
+    span = hi - lo
+    lam = torch.where(span > 0, 0.5 - (n - lo) / span.clamp(min=1e-12), torch.zeros_like(n))
+    r = torch.where(inp.correct, lam, lam.clamp(max=0.0))
+    return cfg.kimi.weight * r
