@@ -58,3 +58,27 @@ def rloo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     k = k.to(torch.float64)
     adv = torch.where(k > 1, (inp.rewards.to(torch.float64) - mean) * k / (k - 1).clamp(min=1), torch.zeros_like(k))
     return _broadcast(adv, inp.mask)
+
+
+def _sum(inp: AdvantageInput, t: torch.Tensor) -> torch.Tensor:
+    return inp.all_sum(t) if inp.all_sum is not None else t
+
+
+@ADVANTAGE.register("dler_batch")
+def dler_batch(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """DLER batch-wise normalisation (Liu et al. 2025): centre each reward on its group mean, then whiten over the
+    whole batch (all ranks) instead of per group, so easy groups with tiny spread are not blown up.
+
+    ``whiten="token"`` (released code): mean and Bessel-corrected variance over all valid response tokens,
+    ``A = (a - mean) / sqrt(var + eps)``; ``whiten="sequence"`` (paper): the same over sequences.
+    Example (one rank, sequence form): groups [1, 0] and [1, 1] -> centred [.5, -.5, 0, 0], mean 0,
+    var (.25+.25)/3 = 1/6 -> A = [1.2247, -1.2247, 0, 0].
+    """
+    mean, _, _ = group_stats(inp.rewards, inp.group_ids)
+    a = inp.rewards.to(torch.float64) - mean  # [B]
+    m = inp.mask.to(torch.float64)
+    w = m.sum(-1) if cfg.whiten == "token" else torch.ones_like(a)  # weight of each sequence in the statistics
+    n, s1 = _sum(inp, w.sum().reshape(1)), _sum(inp, (w * a).sum().reshape(1))
+    mu = s1 / n
+    var = _sum(inp, (w * (a - mu) ** 2).sum().reshape(1)) / (n - 1).clamp(min=1)
+    return _broadcast((a - mu) / torch.sqrt(var + cfg.whiten_eps), inp.mask)

@@ -46,6 +46,8 @@ class AlgoConfig:
     advantage: str = "grpo"  # advantage estimator in trainers.advantages.ADVANTAGE
     scale_std: bool = True  # GRPO: divide the group-centred reward by the group std (False = Dr.GRPO)
     std_eps: float = 1e-6  # added to the group std
+    whiten: str = "token"  # dler_batch: whiten over all valid tokens (released code) | "sequence" (paper)
+    whiten_eps: float = 1e-8  # dler_batch: (A - mean) / sqrt(var + eps)
     loss: str = "ppo_clip"  # per-token policy loss in trainers.losses.LOSS
     clip_low: float = 0.2  # PPO ratio clip below: 1 - clip_low
     clip_high: float = 0.2  # PPO ratio clip above: 1 + clip_high (clip-higher: e.g. 0.28)
@@ -130,6 +132,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("algo.advantage", a.advantage, ADVANTAGE)
     _one_of("algo.loss", a.loss, LOSS)
     _one_of("algo.aggregation", a.aggregation, AGGREGATIONS)
+    _one_of("algo.whiten", a.whiten, ("token", "sequence"))
     _one_of("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     _one_of("deepspeed.backend", cfg.deepspeed.backend, ("auto", "gloo", "nccl"))
     _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))

@@ -115,7 +115,7 @@ class Trainer:
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput) -> torch.Tensor:
         fn = ADVANTAGE.get_or_raise(self.cfg.algo.advantage, "algo.advantage")
         return fn(AdvantageInput(rewards=rewards.total, group_ids=batch.group_ids, mask=batch.completion_mask,
-                                 token_rewards=rewards.token_rewards), self.cfg.algo)
+                                 token_rewards=rewards.token_rewards, all_sum=distributed.all_sum), self.cfg.algo)
 
     def update_phase(self, batch: RolloutBatch, adv: torch.Tensor) -> dict[str, torch.Tensor]:
         t, a = self.cfg.trainer, self.cfg.algo

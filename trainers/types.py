@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -13,6 +14,7 @@ class AdvantageInput:
     mask: torch.Tensor  # [B,T] bool: valid completion tokens
     token_rewards: torch.Tensor | None = None  # [B,T] float: token-level rewards, when a term produced them
     values: torch.Tensor | None = None  # [B,T] float: critic values (PPO)
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None  # sums a tensor over ranks (batch-wide statistics)
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,65 @@ def test_group_stats_non_contiguous_ids():
 def test_registry_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         ADVANTAGE.register("grpo")(lambda i, c: None)
+
+
+def test_dler_batch_sequence_form_by_hand():
+    inp = AdvantageInput(rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]), group_ids=torch.tensor([0, 0, 1, 1]),
+                         mask=torch.ones(4, 2, dtype=torch.bool))
+    adv = ADVANTAGE["dler_batch"](inp, AlgoConfig(whiten="sequence", whiten_eps=0.0))
+    a = 0.5 / math.sqrt(1 / 6)
+    assert adv[:, 0].tolist() == pytest.approx([a, -a, 0.0, 0.0], abs=1e-5)
+
+
+def test_dler_batch_token_form_weights_sequences_by_length():
+    # centred a = [.5, -.5] with 3 and 1 valid tokens: token mean = (1.5 - .5)/4 = .25,
+    # token var = (3*(.25)^2 + (-.75)^2)/(4-1) = .25 -> A = [(.5-.25)/.5, (-.5-.25)/.5] = [.5, -1.5]
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    inp = AdvantageInput(rewards=torch.tensor([1.0, 0.0]), group_ids=torch.tensor([0, 0]), mask=mask)
+    adv = ADVANTAGE["dler_batch"](inp, AlgoConfig(whiten="token", whiten_eps=0.0))
+    assert adv[0].tolist() == pytest.approx([0.5] * 3) and adv[1].tolist() == pytest.approx([-1.5, 0, 0])
+
+
+def _dler_inputs():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 2, (8,), generator=g).float()
+    mask = torch.rand(8, 5, generator=g) > 0.3
+    mask[:, 0] = True
+    return r, torch.arange(8) // 4, mask
+
+
+def _dler_rank(rank, port, q):
+    import os
+
+    import torch.distributed as dist
+
+    from trainers.distributed import all_sum
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    r, gid, mask = _dler_inputs()
+    sl = slice(4 * rank, 4 * rank + 4)  # one group per rank
+    adv = ADVANTAGE["dler_batch"](AdvantageInput(r[sl], gid[sl], mask[sl], all_sum=all_sum), AlgoConfig())
+    q.put((rank, adv))
+    dist.destroy_process_group()
+
+
+def test_dler_batch_on_two_real_ranks_equals_one_rank():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_dler_rank, args=(k, port, q)) for k in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=120) for _ in range(2))
+    for p in procs:
+        p.join(60)
+    r, gid, mask = _dler_inputs()
+    whole = ADVANTAGE["dler_batch"](AdvantageInput(r, gid, mask), AlgoConfig())
+    torch.testing.assert_close(torch.cat([got[0], got[1]]), whole)

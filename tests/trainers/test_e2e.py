@@ -68,3 +68,15 @@ def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path):
     assert len(metrics) == 2 and all(m["rollout/sequences"] == 16 for m in metrics)  # both ranks' rows gathered
     assert _jsonl(out / "eval.jsonl")[0]["eval/n"] == 32  # held-out set split over ranks, gathered once
     assert (out / "checkpoints" / "step_2" / "COMPLETE").exists()
+
+    # the same global batch on one rank: rollouts are seeded per (step, problem, sample) and vLLM sampling is
+    # batch-invariant, so step 1 sees identical completions; DeepSpeed's reduced gradient must then give the
+    # one-rank loss and gradient norm (aggregation uses global token counts, engine rescales by world size)
+    one = tmp_path / "run1"
+    _run([sys.executable, "launch.py", *SMALL, "trainer.max_steps=1", f"run.output_dir={one}", "logging.wandb=false",
+          "logging.progress=false", "deepspeed.zero_stage=2"], tmp_path)
+    m1, m2 = _jsonl(one / "metrics.jsonl")[0], metrics[0]
+    for key in ("reward/mean", "len/mean", "len/max", "acc/mean"):
+        assert m1[key] == m2[key], key
+    for key in ("train/loss", "train/grad_norm", "train/entropy"):
+        assert m1[key] == pytest.approx(m2[key], rel=1e-4, abs=1e-6), key
