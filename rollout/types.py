@@ -59,3 +59,41 @@ class RolloutBatch:
     @property
     def meta(self) -> list[dict]:  # [B]
         return [self.prompts[int(i)].meta | {"uid": self.prompts[int(i)].uid} for i in self.prompt_index]
+
+
+def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Rows of several batches (same policy version) as one; prompts are renumbered, padding widened."""
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b.completion_ids.shape[1] for b in batches)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    prompts, index, offset = [], [], 0
+    for b in batches:
+        prompts += b.prompts
+        index.append(b.prompt_index + offset)
+        offset += len(b.prompts)
+    pad_id = 0  # padding is masked out everywhere it is read
+    lps = [b.sampler_logprobs for b in batches]
+    prompt_index = torch.cat(index)
+    return RolloutBatch(
+        prompts=prompts, prompt_index=prompt_index, group_ids=prompt_index.clone(),
+        completion_ids=torch.cat([pad(b.completion_ids, pad_id) for b in batches]),
+        completion_mask=torch.cat([pad(b.completion_mask, False) for b in batches]),
+        sampler_logprobs=torch.cat([pad(x, 0.0) for x in lps]) if all(x is not None for x in lps) else None,
+        truncated=torch.cat([b.truncated for b in batches]), texts=[t for b in batches for t in b.texts],
+        policy_version=batches[0].policy_version, spec=batches[0].spec)
+
+
+def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
+    """The given rows (long [R]) of a batch, trimmed to their longest completion."""
+    mask = batch.completion_mask[rows]
+    width = max(1, int(mask.sum(-1).max())) if len(rows) else 1
+    lps = batch.sampler_logprobs
+    return RolloutBatch(
+        prompts=batch.prompts, prompt_index=batch.prompt_index[rows], group_ids=batch.group_ids[rows],
+        completion_ids=batch.completion_ids[rows, :width], completion_mask=mask[:, :width],
+        sampler_logprobs=lps[rows, :width] if lps is not None else None, truncated=batch.truncated[rows],
+        texts=[batch.texts[int(i)] for i in rows], policy_version=batch.policy_version, spec=batch.spec)

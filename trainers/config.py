@@ -79,6 +79,8 @@ class TrainerConfig:
     mini_batches: int = 1  # optimizer steps per pass over a step's rollouts
     epochs: int = 1  # passes over a step's rollouts (>1 makes the PPO ratio matter)
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero spread, sample more until full
+    max_sample_rounds: int = 3  # dynamic sampling: generation rounds per step before filling with dropped groups
     logprob_chunk: int = 1024  # tokens per chunk in the memory-lean log-prob kernel
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
     save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
@@ -167,6 +169,7 @@ def _positive(t: TrainerConfig, r: RolloutConfig) -> None:
     for name, v in (("trainer.max_steps", t.max_steps), ("trainer.prompts_per_step", t.prompts_per_step),
                     ("trainer.mini_batches", t.mini_batches), ("trainer.epochs", t.epochs),
                     ("trainer.micro_batch_size", t.micro_batch_size), ("rollout.n", r.n),
+                    ("trainer.max_sample_rounds", t.max_sample_rounds),
                     ("rollout.max_tokens", r.max_tokens), ("trainer.logprob_chunk", t.logprob_chunk)):
         if v <= 0:
             raise ValueError(f"{name}={v} must be > 0")

@@ -1,8 +1,10 @@
-"""Prompt sources: which problems each rank rolls out at each step, deterministically from the seed.
+"""Prompt sources: which problems each rank rolls out, deterministically from the seed.
 
-Rows are dicts with at least ``prompt``, ``answer`` and ``uid``. Epoch e visits the training rows in a
-permutation seeded by (seed, e); step s takes the global slice ``[s*P, (s+1)*P)`` of that endless stream and
-rank r its r-th share, so a run's data order depends only on (seed, step) and resumes exactly.
+Rows are dicts with at least ``prompt``, ``answer`` and ``uid``. The global stream visits the training rows
+epoch after epoch, epoch e in a permutation seeded by (seed, e). Rank r of W owns global positions
+r, r+W, r+2W, ... and keeps a cursor into them: without dynamic sampling every rank takes P/W prompts a step,
+so step s covers global positions [s*P, (s+1)*P) whatever W is; with dynamic sampling a rank that needs more
+groups simply reads further. The cursor is the only state, and it is checkpointed.
 """
 from __future__ import annotations
 
@@ -24,30 +26,38 @@ def to_prompts(rows: list[dict], tokenizer) -> list[Prompt]:
 
 
 class PromptStream:
-    def __init__(self, prompts: list[Prompt], per_step: int, seed: int) -> None:
+    def __init__(self, prompts: list[Prompt], seed: int, rank: int = 0, world_size: int = 1) -> None:
         if not prompts:
             raise ValueError("the training set is empty")
-        self.prompts, self.per_step, self.seed = prompts, per_step, seed
-        self._perm_cache: dict[int, list[int]] = {}
+        self.prompts, self.seed, self.rank, self.world_size = prompts, seed, rank, world_size
+        self.cursor = 0  # positions of this rank consumed so far
+        self._perm: tuple[int, list[int]] = (-1, [])
 
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perm_cache:
-            order = list(range(len(self.prompts)))
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
-            self._perm_cache = {epoch: order}
-        return self._perm_cache[epoch]
-
-    def global_batch(self, step: int) -> list[Prompt]:
-        """The ``per_step`` prompts of step ``step`` (0-based) across all ranks; wraps over epochs."""
+    def _at(self, k: int) -> Prompt:
         n = len(self.prompts)
-        out = []
-        for k in range(step * self.per_step, (step + 1) * self.per_step):
-            out.append(self.prompts[self._perm(k // n)[k % n]])
+        epoch = k // n
+        if self._perm[0] != epoch:
+            order = list(range(n))
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+            self._perm = (epoch, order)
+        return self.prompts[self._perm[1][k % n]]
+
+    def take(self, count: int) -> list[Prompt]:
+        """The next ``count`` prompts of this rank."""
+        out = [self._at(self.rank + self.world_size * (self.cursor + i)) for i in range(count)]
+        self.cursor += count
         return out
 
-    def rank_batch(self, step: int, rank: int, world_size: int) -> list[Prompt]:
-        share = self.per_step // world_size
-        return self.global_batch(step)[rank * share:(rank + 1) * share]
+    @property
+    def epoch(self) -> float:
+        """Epochs consumed by this rank's share (equal on all ranks without dynamic sampling)."""
+        return self.cursor * self.world_size / len(self.prompts)
 
-    def epoch_of(self, step: int) -> float:
-        return step * self.per_step / len(self.prompts)
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor, "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["seed"], state["world_size"]) != (self.seed, self.world_size):
+            raise ValueError(f"prompt stream saved with seed/ranks {state['seed']}/{state['world_size']}, "
+                             f"resumed with {self.seed}/{self.world_size}")
+        self.cursor = int(state["cursor"])

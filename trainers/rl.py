@@ -25,7 +25,8 @@ import torch
 
 import rewards
 from rewards import RewardInput, RewardOutput
-from rollout.types import RolloutBatch, SamplingSpec
+from rewards.types import concat_outputs, select_output
+from rollout.types import RolloutBatch, SamplingSpec, concat_batches, select_rows
 from trainers import checkpoint, distributed
 from trainers.advantages import ADVANTAGE
 from trainers.aggregation import GlobalCounts, aggregate, local_counts
@@ -71,7 +72,8 @@ class Trainer:
         grad_accum = self.rows_per_rank // t.mini_batches // t.micro_batch_size
         self.policy = PolicyEngine(model.to(self.d.device), cfg, self.d.world_size, grad_accum)
         self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed)
-        self.stream = PromptStream(to_prompts(task.train, self.tokenizer), t.prompts_per_step, cfg.run.seed)
+        self.prompts_per_rank = t.prompts_per_step // self.d.world_size
+        self.stream = PromptStream(to_prompts(task.train, self.tokenizer), cfg.run.seed, self.d.rank, self.d.world_size)
         self.eval_prompts = to_prompts(task.eval, self.tokenizer)
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name, json.loads(json.dumps(
             _as_dict(cfg), default=str)), enabled=self.d.is_main)
@@ -82,25 +84,50 @@ class Trainer:
     # ------------------------------------------------------------------ the step
     def train_step(self, step: int) -> dict:
         timers = Timers()
+        self._generated_tokens = 0
         with timers("step"):
-            with timers("rollout"):
-                batch = self.rollout_phase(step)
-            with timers("reward"):
-                rewards = self.reward_phase(batch)
+            batch, rewards, sample_stats = self.sample_phase(step, timers)
             with timers("advantage"):
                 adv = self.advantage_phase(batch, rewards)
             with timers("update"):
                 train_stats = self.update_phase(batch, adv)
             with timers("sync"):
                 self.sync_phase()
-        return self.log_phase(step, batch, rewards, train_stats, timers)
+        return self.log_phase(step, batch, rewards, train_stats, timers) | sample_stats
 
-    def rollout_phase(self, step: int) -> RolloutBatch:
+    def sample_phase(self, step: int, timers: Timers) -> tuple[RolloutBatch, RewardOutput, dict]:
+        """Rollout + reward. With dynamic sampling (DAPO), groups whose rewards have zero spread (no learning
+        signal) are dropped and more prompts sampled, up to ``max_sample_rounds``; the kept groups are cut to this
+        rank's quota, and a shortfall after the last round is filled with dropped groups (they get A = 0)."""
+        t = self.cfg.trainer
+        rounds, kept, dropped = 0, [], []
+        while True:
+            with timers("rollout"):
+                batch = self.rollout_phase(step, rounds)
+            with timers("reward"):
+                out = self.reward_phase(batch)
+            rounds += 1
+            if not t.dynamic_sampling:
+                return batch, out, {}
+            for g in range(len(batch.prompts)):
+                rows = (batch.prompt_index == g).nonzero().flatten()
+                (kept if out.total[rows].std() > 0 else dropped).append((batch, out, rows))
+            if len(kept) >= self.prompts_per_rank or rounds >= t.max_sample_rounds:
+                break
+        chosen = (kept + dropped)[:self.prompts_per_rank]
+        stats = {"rollout/sample_rounds": rounds, "rollout/kept_group_frac": len(kept) / (len(kept) + len(dropped)),
+                 "rollout/filled_groups": max(0, self.prompts_per_rank - len(kept))}
+        return (concat_batches([select_rows(b, rows) for b, _, rows in chosen]),
+                concat_outputs([select_output(o, rows) for _, o, rows in chosen]), stats)
+
+    def rollout_phase(self, step: int, round_: int = 0) -> RolloutBatch:
         r = self.cfg.rollout
-        prompts = self.stream.rank_batch(step, self.d.rank, self.d.world_size)
+        prompts = self.stream.take(self.prompts_per_rank)
         spec = SamplingSpec(n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                            seed=self.cfg.run.seed * 7_919 + step + 1)
-        return self.rollout.generate(prompts, spec)
+                            seed=(self.cfg.run.seed * 7_919 + step + 1) * 31 + round_)
+        batch = self.rollout.generate(prompts, spec)
+        self._generated_tokens += int(batch.num_tokens.sum())
+        return batch
 
     def reward_phase(self, batch: RolloutBatch) -> RewardOutput:
         """Rewards from the state before this batch; then every rank's state update is applied on every rank."""
@@ -173,16 +200,18 @@ class Trainer:
         sums = distributed.all_sum(train["sums"])
         n_opt = float(train["optimizer_steps"])
         tokens = float(rows[:, 0].sum())
-        self.tokens_total += int(tokens)
-        rollout_s = float(distributed.all_sum(torch.tensor([timers.seconds["rollout"]]))[0]) / self.d.world_size
-        m = {"step": step + 1, "epoch": self.stream.epoch_of(step + 1)} | timers.as_metrics()
+        gen, rollout_s = distributed.all_sum(torch.tensor([float(self._generated_tokens), timers.seconds["rollout"]],
+                                                          dtype=torch.float64)).tolist()
+        rollout_s /= self.d.world_size  # mean wall time of a rank's rollout
+        self.tokens_total += int(gen)
+        m = {"step": step + 1, "epoch": self.stream.epoch} | timers.as_metrics()
         m |= {"reward/mean": float(rows[:, 1].mean()), "reward/std": float(rows[:, 1].std()),
               "acc/mean": float(rows[:, 2].mean())}
         m |= {f"reward/{k}": float(distributed.all_sum(v.to(torch.float64).sum().reshape(1))[0]) / rows.shape[0]
               for k, v in rewards.terms.items()}
         m |= length_stats(rows[:, 0], "len/")
-        m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
-              "rollout/sequences": rows.shape[0], "rollout/tokens": tokens,
+        m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": gen / max(rollout_s, 1e-9),
+              "rollout/sequences": rows.shape[0], "rollout/tokens": tokens, "rollout/generated_tokens": gen,
               "train/loss": float(sums[0]) / n_opt, "train/entropy": float(sums[1] / sums[3].clamp(min=1)),
               "train/clip_frac": float(sums[2] / sums[3].clamp(min=1)),
               "train/grad_norm": float(sums[4]) / n_opt / self.d.world_size, "train/lr": self.policy.lr(),
@@ -223,6 +252,7 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"step": self.step, "version": self.version, "tokens_total": self.tokens_total,
+                 "streams": distributed.gather_objects(self.stream.state_dict()),  # one per rank
                  "reward_states": {k: v.state_dict() for k, v in self.reward_states.items()}}
         return checkpoint.save(self.policy, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
                                self.d.is_main)

@@ -45,7 +45,7 @@ def test_single_rank_run_folder_contract(base_model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"]["step"] == 0 and summary["after"]["step"] == 3
     assert {"eval/acc", "eval/len_mean", "eval/len_p90"} <= set(summary["after"])
-    assert summary["totals"]["steps"] == 3 and summary["totals"]["rollout_tokens"] == sum(m["rollout/tokens"] for m in metrics)
+    assert summary["totals"]["steps"] == 3 and summary["totals"]["rollout_tokens"] == sum(m["rollout/generated_tokens"] for m in metrics)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_2", "step_3"] and (out / "checkpoints" / "step_3" / "COMPLETE").exists()
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
