@@ -53,3 +53,17 @@ def save(policy, root: Path, step: int, trainer_state: dict, keep_last: int, is_
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
     return final
+
+
+def resolve(resume: str, root: Path) -> Path | None:
+    """The checkpoint folder ``run.resume`` names: none -> None; auto -> newest complete one (None if there is
+    none yet); otherwise a folder that must hold a complete checkpoint."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / "COMPLETE").exists():
+        raise FileNotFoundError(f"run.resume={resume!r} is not a complete checkpoint folder (no COMPLETE marker)")
+    return path

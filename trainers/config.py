@@ -144,6 +144,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("reward.truncation", cfg.reward.truncation, ("none", "zero", "scale"))
     _one_of("reward.hapo.mode", cfg.reward.hapo.mode, ("min", "mean"))
     _positive(t=t, r=r)
+    if cfg.run.resume == "auto" and not cfg.run.output_dir:
+        raise ValueError("run.resume=auto needs run.output_dir (the run folder whose checkpoints to resume)")
     if t.prompts_per_step % world_size:
         raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the {world_size} ranks")
     seqs = t.prompts_per_step // world_size * r.n

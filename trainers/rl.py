@@ -78,8 +78,9 @@ class Trainer:
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name, json.loads(json.dumps(
             _as_dict(cfg), default=str)), enabled=self.d.is_main)
         self.reward_states = rewards.make_states(cfg.reward)
-        self.step, self.tokens_total, self.version = 0, 0, 0
+        self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
         self.evals: list[dict] = []
+        self.maybe_resume()
 
     # ------------------------------------------------------------------ the step
     def train_step(self, step: int) -> dict:
@@ -230,7 +231,9 @@ class Trainer:
 
     def fit(self) -> dict:
         t, start = self.cfg.trainer, time.perf_counter()
-        self.evaluate(self.step)
+        self._fit_start = start
+        if not self.evals:  # a resumed run already has its "before" evaluation
+            self.evaluate(self.step)
         bar = _progress(self.cfg, self.d.is_main, self.step)
         for step in range(self.step, t.max_steps):
             m = self.train_step(step)
@@ -247,11 +250,34 @@ class Trainer:
             bar.close()
         self.evaluate(self.step)
         self.save()
-        summary = self.finish(time.perf_counter() - start)
+        summary = self.finish(self.wall_prior + time.perf_counter() - start)
         return summary
+
+    def maybe_resume(self) -> None:
+        """``run.resume``: "auto" = newest complete checkpoint in the run folder (none: start fresh), or a path.
+        Restores weights, optimizer, data cursors and reward states, drops metrics logged after the checkpoint,
+        and pushes the restored weights into the engine."""
+        ckpt = checkpoint.resolve(self.cfg.run.resume, self.run.checkpoints)
+        if ckpt is None:
+            return
+        self.policy.load(str(ckpt))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        self.step, self.tokens_total, self.wall_prior = state["step"], state["tokens_total"], state["wall_s"]
+        self.stream.load_state_dict(state["streams"][self.d.rank])
+        for name, st in self.reward_states.items():
+            st.load_state_dict(state["reward_states"][name])
+        if self.d.is_main:
+            self.run.truncate_after(self.step)
+        distributed.barrier()
+        self.evals = [e for e in self.run.read_jsonl("eval.jsonl") if e["step"] <= self.step]
+        self.version = state["version"] - 1
+        self.sync_phase()
+        if self.d.is_main:
+            print(f"resumed from {ckpt} at step {self.step}")
 
     def save(self) -> Path:
         state = {"step": self.step, "version": self.version, "tokens_total": self.tokens_total,
+                 "wall_s": self.wall_prior + (time.perf_counter() - self._fit_start if hasattr(self, "_fit_start") else 0.0),
                  "streams": distributed.gather_objects(self.stream.state_dict()),  # one per rank
                  "reward_states": {k: v.state_dict() for k, v in self.reward_states.items()}}
         return checkpoint.save(self.policy, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,

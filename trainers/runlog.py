@@ -65,3 +65,11 @@ class RunFolder:
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (logged by a run killed before its next checkpoint)."""
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            rows = self.read_jsonl(name)
+            if rows:
+                kept = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
+                atomic_write_text(self.path / name, kept)
