@@ -44,6 +44,14 @@ class KimiConfig:
 
 
 @dataclass
+class DECSConfig:
+    beta: float = 0.1  # token reward 1 + beta on necessary tokens, 1 + beta * (1 - n / max_len) on redundant ones
+    max_len: int = 0  # L_max of the redundant-token reward; 0 = the rollout's completion cap (filled by the trainer)
+    detector: str = "answer_value"  # first-answer-chunk detector in rewards.decs.DETECTORS
+    weight: float = 1.0  # weight of the token-level term
+
+
+@dataclass
 class RewardConfig:
     terms: dict[str, float] = field(default_factory=lambda: {"correctness": 1.0})  # term name -> weight in the total
     truncation: str = "none"  # completions cut at the cap: none | zero (DLER paper) | scale (DLER code: x truncation_scale)
@@ -54,3 +62,4 @@ class RewardConfig:
     shorterbetter: ShorterBetterConfig = field(default_factory=ShorterBetterConfig)  # ShorterBetter term
     hapo: HAPOConfig = field(default_factory=HAPOConfig)  # HAPO history term
     kimi: KimiConfig = field(default_factory=KimiConfig)  # Kimi k1.5 length term
+    decs: DECSConfig = field(default_factory=DECSConfig)  # DECS token-level term

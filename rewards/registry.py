@@ -17,9 +17,10 @@ from rewards.verifiers import VERIFIERS
 TermFn = Callable[..., torch.Tensor]
 TERMS: dict[str, TermFn] = {}
 STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
+TOKEN_LEVEL: set[str] = set()  # terms returning [B,T] token rewards instead of [B]
 
 
-def register_term(name: str, state: type | None = None) -> Callable[[TermFn], TermFn]:
+def register_term(name: str, state: type | None = None, token_level: bool = False) -> Callable[[TermFn], TermFn]:
     """Decorator adding ``fn`` to :data:`TERMS`; a second term with the same name is an error.
 
     A stateful term declares its ``state`` class and is called ``fn(inp, cfg, state)``; the state is read, never
@@ -30,6 +31,8 @@ def register_term(name: str, state: type | None = None) -> Callable[[TermFn], Te
         if name in TERMS:
             raise ValueError(f"reward term {name!r} is already registered by {TERMS[name].__module__}")
         TERMS[name] = fn
+        if token_level:
+            TOKEN_LEVEL.add(name)
         if state is not None:
             STATE_TYPES[name] = state
         return fn
@@ -82,10 +85,18 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
         else:
             terms[name] = TERMS[name](inp, cfg).to(torch.float32)
     total = torch.zeros(len(inp.completions), dtype=torch.float32)
+    token_rewards = None
     for name, weight in cfg.terms.items():
+        if name in TOKEN_LEVEL:  # [B,T]: summed into token_rewards; its per-sequence mean goes into total
+            tr = weight * terms[name]
+            token_rewards = tr if token_rewards is None else token_rewards + tr
+            valid = torch.arange(tr.shape[1])[None, :] < inp.num_tokens[:, None]
+            terms[name] = (terms[name] * valid).sum(-1) / valid.sum(-1).clamp(min=1)
         total = total + weight * terms[name]
     total = _truncation(total, inp.truncated, cfg)
-    return RewardOutput(total=total, correct=inp.correct, terms=terms, input=inp)
+    if token_rewards is not None:
+        token_rewards = _truncation(token_rewards, inp.truncated[:, None].expand_as(token_rewards), cfg)
+    return RewardOutput(total=total, correct=inp.correct, terms=terms, token_rewards=token_rewards, input=inp)
 
 
 def _truncation(total: torch.Tensor, truncated: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:

@@ -82,3 +82,35 @@ def dler_batch(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     mu = s1 / n
     var = _sum(inp, (w * (a - mu) ** 2).sum().reshape(1)) / (n - 1).clamp(min=1)
     return _broadcast((a - mu) / torch.sqrt(var + cfg.whiten_eps), inp.mask)
+
+
+@ADVANTAGE.register("token_group")
+def token_group(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """Per-position group normalisation of token rewards (DECS released code): for group g and position t,
+    over the group's rows that have a token at t,
+
+        mu_t = mean R[:, t],  sigma_t = sqrt(mean R[:, t]^2 - mu_t^2 + eps),  A[i, t] = (R[i, t] - mu_t) / (sigma_t + eps)
+
+    with eps = ``cfg.std_eps``; a group of one gets mu = 0, sigma = 1.
+    Example: two rows, R = [[1.1, 1.1], [1.1, 1.05]] -> position 0: A = 0, 0; position 1: mu = 1.075,
+    sigma = .025 -> A = [+1, -1] (up to eps).
+    """
+    if inp.token_rewards is None:
+        raise ValueError("algo.advantage=token_group needs a token-level reward term (e.g. reward.terms with decs)")
+    r = inp.token_rewards.to(torch.float64)
+    m = inp.mask.to(torch.float64)[:, : r.shape[1]]
+    r = r[:, : m.shape[1]] * m
+    _, inv, counts = torch.unique(inp.group_ids, return_inverse=True, return_counts=True)
+    g = len(counts)
+    cnt = torch.zeros(g, r.shape[1], dtype=torch.float64).index_add_(0, inv, m)
+    s1 = torch.zeros_like(cnt).index_add_(0, inv, r)
+    s2 = torch.zeros_like(cnt).index_add_(0, inv, r * r)
+    mu = s1 / cnt.clamp(min=1)
+    sigma = torch.sqrt((s2 / cnt.clamp(min=1) - mu * mu).clamp(min=0) + cfg.std_eps)
+    single = (counts == 1)[:, None]
+    mu = torch.where(single, torch.zeros_like(mu), mu)
+    sigma = torch.where(single, torch.ones_like(sigma), sigma)
+    adv = (r - mu[inv]) / (sigma[inv] + cfg.std_eps) * m
+    out = torch.zeros(inp.mask.shape, dtype=torch.float32)
+    out[:, : adv.shape[1]] = adv.to(torch.float32)
+    return out

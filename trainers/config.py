@@ -141,6 +141,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("logging.wandb_mode", cfg.logging.wandb_mode, ("auto", "online", "offline"))
     for name in cfg.reward.terms:
         _one_of("reward.terms", name, TERMS)
+    from rewards import TOKEN_LEVEL
+
+    token_terms = sorted(set(cfg.reward.terms) & TOKEN_LEVEL)
+    if token_terms and a.advantage != "token_group":
+        raise ValueError(f"reward.terms {token_terms} produce token rewards: set algo.advantage=token_group")
+    if a.advantage == "token_group" and not token_terms:
+        raise ValueError("algo.advantage=token_group needs a token-level term in reward.terms (e.g. decs)")
     _one_of("reward.truncation", cfg.reward.truncation, ("none", "zero", "scale"))
     _one_of("reward.hapo.mode", cfg.reward.hapo.mode, ("min", "mean"))
     _positive(t=t, r=r)

@@ -78,6 +78,8 @@ class Trainer:
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name, json.loads(json.dumps(
             _as_dict(cfg), default=str)), enabled=self.d.is_main)
         self.reward_states = rewards.make_states(cfg.reward)
+        self.reward_cfg = _with_defaults(cfg)
+        self.needs_offsets = any(t in rewards.TOKEN_LEVEL for t in cfg.reward.terms)
         self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
         self.evals: list[dict] = []
         self.maybe_resume()
@@ -132,12 +134,25 @@ class Trainer:
 
     def reward_phase(self, batch: RolloutBatch) -> RewardOutput:
         """Rewards from the state before this batch; then every rank's state update is applied on every rank."""
+        offsets = self._token_offsets(batch) if self.needs_offsets else None
         inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
-                          group_ids=batch.group_ids, meta=batch.meta)
-        out = rewards.compute(inp, self.cfg.reward, self.reward_states)
+                          group_ids=batch.group_ids, meta=batch.meta, token_offsets=offsets)
+        out = rewards.compute(inp, self.reward_cfg, self.reward_states)
         if self.reward_states:
             local = rewards.observe(out.input, self.reward_states)
             rewards.apply(self.reward_states, distributed.gather_objects(local))
+        return out
+
+    def _token_offsets(self, batch: RolloutBatch) -> list[list[int]]:
+        """Character offset where each completion token starts in its decoded text (special tokens are empty)."""
+        out = []
+        for ids, n in zip(batch.completion_ids.tolist(), batch.num_tokens.tolist()):
+            pieces = self.tokenizer.batch_decode([[t] for t in ids[:n]], skip_special_tokens=True)
+            starts, pos = [], 0
+            for p in pieces:
+                starts.append(pos)
+                pos += len(p)
+            out.append(starts)
         return out
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput) -> torch.Tensor:
@@ -303,6 +318,16 @@ class Trainer:
         with self.policy.full_params():
             self.policy.module.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
+
+
+def _with_defaults(cfg: Config):
+    """The reward config with run-dependent defaults filled (DECS's L_max = the completion cap)."""
+    import dataclasses
+
+    r = cfg.reward
+    if r.decs.max_len <= 0:
+        r = dataclasses.replace(r, decs=dataclasses.replace(r.decs, max_len=cfg.rollout.max_tokens))
+    return r
 
 
 def _run_dir(cfg: Config) -> Path:

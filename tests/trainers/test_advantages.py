@@ -115,3 +115,18 @@ def test_dler_batch_on_two_real_ranks_equals_one_rank():
     r, gid, mask = _dler_inputs()
     whole = ADVANTAGE["dler_batch"](AdvantageInput(r, gid, mask), AlgoConfig())
     torch.testing.assert_close(torch.cat([got[0], got[1]]), whole)
+
+
+def test_token_group_per_position_by_hand():
+    r = torch.tensor([[1.1, 1.1, 1.1], [1.1, 1.05, 0.0], [2.0, 2.0, 2.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    adv = ADVANTAGE["token_group"](AdvantageInput(rewards=torch.zeros(3), group_ids=torch.tensor([0, 0, 1]),
+                                                  mask=mask, token_rewards=r), AlgoConfig(std_eps=1e-12))
+    assert adv[0].tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)  # pos 2: only row 0 valid -> A = 0
+    assert adv[1].tolist() == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)
+    assert adv[2].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-5)  # group of one: mean 0, std 1
+
+
+def test_token_group_without_token_rewards_is_an_error():
+    with pytest.raises(ValueError, match="token-level"):
+        ADVANTAGE["token_group"](_inp([1, 0], [0, 0]), AlgoConfig())

@@ -1,0 +1,88 @@
+"""DECS (Jiang et al. 2025, "Overthinking Reduction with Decoupled Rewards and Curriculum Data Scheduling").
+
+The thinking text is split into chunks at step boundaries; the first chunk that already contains the correct
+final answer ends the *necessary* prefix, and every token after it up to ``</think>`` is *redundant*.
+Token rewards (released code, beta = 0.1), for a correct completion of n tokens:
+
+    necessary tokens and tokens after the thinking:  1 + beta
+    redundant tokens:                                1 + beta * (1 - n / L_max)
+
+and 0 on every token of an incorrect completion. Example: beta=.1, L_max=400, a correct 200-token completion
+whose answer first appears at the end of token 60 and whose thinking closes at token 180: tokens 0-59 and
+180-199 get 1.1, tokens 60-179 get 1.05. The advantage ``token_group`` then normalises per position within
+the group, so a redundant token scores below a necessary token at the same position of a sibling.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+
+from rewards.config import RewardConfig
+from rewards.registry import register_term
+from rewards.types import RewardInput
+from rewards.verifiers import THINK_CLOSE, THINK_OPEN
+
+_STEP_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def split_chunks(thinking: str) -> list[tuple[int, int]]:
+    """Character spans of reasoning steps: sentences and lines of the thinking text."""
+    spans, start = [], 0
+    for m in _STEP_END.finditer(thinking):
+        if m.start() > start:
+            spans.append((start, m.start()))
+        start = m.end()
+    if start < len(thinking):
+        spans.append((start, len(thinking)))
+    return spans
+
+
+def answer_value(chunk: str, answer: str) -> bool:
+    """Rule-based detector for computed answers: the chunk states ``= answer`` as a result (e.g. ``9*4=36.``)."""
+    return re.search(rf"=\s*{re.escape(answer)}(?!\d)", chunk) is not None
+
+
+DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value}
+
+
+def first_answer_end(completion: str, answer: str, detector: str = "answer_value") -> tuple[int, int] | None:
+    """-> (char offset where the first answer-bearing chunk ends, char offset of ``</think>``), or None when the
+    thinking is not closed or no chunk holds the answer (then no token is redundant)."""
+    start, end = completion.find(THINK_OPEN), completion.find(THINK_CLOSE)
+    if start < 0 or end < start:
+        return None
+    body_start = start + len(THINK_OPEN)
+    found = DETECTORS[detector]
+    for a, b in split_chunks(completion[body_start:end]):
+        if found(completion[body_start + a:body_start + b], answer):
+            return body_start + b, end
+    return None
+
+
+def redundant_mask(inp: RewardInput, detector: str) -> torch.Tensor:
+    """[B,T] bool: tokens that start after the first answer-bearing chunk and before ``</think>``."""
+    if inp.token_offsets is None:
+        raise ValueError("the decs term needs RewardInput.token_offsets (character offset of every token)")
+    width = max((len(o) for o in inp.token_offsets), default=0)
+    out = torch.zeros(len(inp.completions), width, dtype=torch.bool)
+    for i, (text, offs, m) in enumerate(zip(inp.completions, inp.token_offsets, inp.meta)):
+        span = first_answer_end(text, str(m["answer"]), detector)
+        if span is not None:
+            o = torch.tensor(offs)
+            out[i, :len(offs)] = (o >= span[0]) & (o < span[1])
+    return out
+
+
+@register_term("decs", token_level=True)
+def decs(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """[B,T] token rewards (0 beyond each completion's tokens)."""
+    d = cfg.decs
+    if d.max_len <= 0:
+        raise ValueError("reward.decs.max_len must be > 0 (the trainer sets it to rollout.max_tokens when 0)")
+    red = redundant_mask(inp, d.detector)
+    n = inp.num_tokens.to(torch.float32)[:, None]
+    valid = torch.arange(red.shape[1])[None, :] < n
+    r = torch.where(red, 1 + d.beta * (1 - n / d.max_len), torch.full_like(n, 1 + d.beta).expand_as(red))
+    return torch.where(valid & inp.correct[:, None], r, torch.zeros_like(r)) * d.weight
