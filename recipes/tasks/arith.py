@@ -21,6 +21,10 @@ from dataclasses import dataclass
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 MAX_VALUE = 99
+START_MAX = 19
+MAX_OPERAND = 5  # small operands keep the digit tables small: the tiny model learns them within the SFT budget
+MAX_MULTIPLIER = 3
+NUMBER_WIDTH = 2  # zero-padded numbers in the worked steps: fixed digit positions make the arithmetic learnable
 N_OPS = 3
 RECHECK_CONTINUE = 0.65  # probability of one more re-check; truncated geometric => long tail
 MAX_RECHECKS = 6
@@ -51,7 +55,7 @@ def _apply(a: int, op: str, b: int) -> int:
 
 def sample_problem(rng: random.Random, n_ops: int = N_OPS) -> Problem:
     """Draw a problem whose every intermediate value stays in ``[0, MAX_VALUE]``."""
-    value = rng.randint(2, 19)
+    value = rng.randint(2, START_MAX)
     start, ops = value, []
     for _ in range(n_ops):
         choices = ["+"] if value <= MAX_VALUE - 2 else []
@@ -59,11 +63,11 @@ def sample_problem(rng: random.Random, n_ops: int = N_OPS) -> Problem:
         choices += ["*"] if 2 * value <= MAX_VALUE and value >= 1 else []
         op = rng.choice(choices)
         if op == "+":
-            b = rng.randint(2, min(19, MAX_VALUE - value))
+            b = rng.randint(2, min(MAX_OPERAND, MAX_VALUE - value))
         elif op == "-":
-            b = rng.randint(2, min(19, value))
+            b = rng.randint(2, min(MAX_OPERAND, value))
         else:
-            b = rng.randint(2, min(5, MAX_VALUE // value))
+            b = rng.randint(2, min(MAX_MULTIPLIER, MAX_VALUE // value))
         ops.append((op, b))
         value = _apply(value, op, b)
     return Problem(start, tuple(ops))
@@ -95,7 +99,8 @@ def parse_prompt(prompt: str) -> Problem:
 def worked_steps(problem: Problem) -> str:
     """One pass of the computation, e.g. ``"7+5=12. 12*3=36. 36-4=32.\\n"``."""
     vals = problem.values()
-    parts = [f"{a}{op}{b}={c}." for a, (op, b), c in zip(vals, problem.ops, vals[1:])]
+    w = NUMBER_WIDTH
+    parts = [f"{a:0{w}d}{op}{b:0{w}d}={c:0{w}d}." for a, (op, b), c in zip(vals, problem.ops, vals[1:])]
     return " ".join(parts) + "\n"
 
 
@@ -138,6 +143,8 @@ def make_splits(seed: int, n_train: int, n_eval: int, n_ops: int = N_OPS) -> tup
         if p not in seen:
             seen.add(p)
             problems.append(p)
+
+    rng.shuffle(problems)  # eval is a uniform subset of the distinct problems, not the rarest late draws
 
     def rows(split: str, ps: list[Problem]) -> list[dict]:
         return [{"uid": f"arith-{split}-{i:05d}", "prompt": format_prompt(p), "answer": str(p.answer)}

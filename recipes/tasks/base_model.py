@@ -28,18 +28,18 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
                   "generation_config.json", "build_config.json", "base_report.json")
 DEFAULT_BUILD = {
     "task": "arith",
-    "n_train": 16384,
-    "n_eval": 512,
+    "n_train": 12000,
+    "n_eval": 256,
     # model: LlamaForCausalLM, head_dim 64 (supported by vLLM's CPU attention)
-    "num_hidden_layers": 3,
+    "num_hidden_layers": 2,
     "hidden_size": 128,
-    "num_attention_heads": 2,
+    "num_attention_heads": 4,
     "intermediate_size": 384,
     "max_position_embeddings": 512,
     # SFT
-    "max_steps": 400,
-    "batch_size": 32,
-    "learning_rate": 3e-3,
+    "max_steps": 3000,
+    "batch_size": 4,
+    "learning_rate": 2e-3,
     "warmup_steps": 20,
     "weight_decay": 0.0,
     # report
@@ -196,8 +196,8 @@ def _sft(model, tokenizer, train_rows: list[dict], params: dict, work_dir: pathl
         warmup_steps=params["warmup_steps"],
         weight_decay=params["weight_decay"],
         max_length=params["max_position_embeddings"],
-        train_sampling_strategy="group_by_length",  # less padding => faster on CPU
-        logging_steps=20,
+        train_sampling_strategy="group_by_length",  # batches of similar length: ~1.6x less padding on CPU
+        logging_steps=100,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
