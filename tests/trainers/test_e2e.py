@@ -60,7 +60,12 @@ def test_single_rank_run_folder_contract(base_model_dir, tmp_path):
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
 def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path):
     out = tmp_path / "run2"
-    _run(["deepspeed", "--num_gpus", "2", "launch.py", *SMALL, "trainer.max_steps=2", f"run.output_dir={out}",
+    import socket
+
+    with socket.socket() as sock:  # the default 29500 may be held by an in-process group of an earlier test
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "launch.py", *SMALL, "trainer.max_steps=2", f"run.output_dir={out}",
           "logging.wandb=false", "logging.progress=false", "deepspeed.zero_stage=2"], tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["totals"]["ranks"] == 2 and summary["totals"]["steps"] == 2
