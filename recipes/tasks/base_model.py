@@ -202,6 +202,7 @@ def _sft(model, tokenizer, train_rows: list[dict], params: dict, work_dir: pathl
         report_to="none",
         dataloader_num_workers=0,
         completion_only_loss=True,
+        gradient_checkpointing=False,  # TRL turns it on by default; it only costs time for a model this small
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train_rows, params["seed"]),
                          processing_class=tokenizer)
