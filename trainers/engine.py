@@ -49,6 +49,7 @@ class PolicyEngine:
             model=model, optimizer=opt, lr_scheduler=sched, config=ds_config(cfg, world_size, grad_accum))
         self.world_size = world_size
         self.zero_stage = cfg.deepspeed.zero_stage
+        self._boundary_norm: float | None = None  # stage 0: DeepSpeed clips but does not keep the norm
 
     @property
     def module(self) -> torch.nn.Module:
@@ -58,11 +59,20 @@ class PolicyEngine:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self) -> None:
+        if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+            # gradients are already all-reduced here (every rank holds the averaged full gradient)
+            grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+            self._boundary_norm = float(torch.stack(grads).norm()) if grads else 0.0
         self.engine.step()
 
     def grad_norm(self) -> float:
+        """Global gradient 2-norm of the last optimizer step, before clipping."""
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else 0.0
+        if norm is None:
+            norm = self._boundary_norm
+        if norm is None:
+            raise RuntimeError("no optimizer step has been taken yet: the gradient norm is undefined")
+        return float(norm)
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

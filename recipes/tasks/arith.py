@@ -21,12 +21,12 @@ from dataclasses import dataclass
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 MAX_VALUE = 99
-START_MAX = 19
-MAX_OPERAND = 5  # small operands keep the digit tables small: the tiny model learns them within the SFT budget
+START_MAX = 49
+MAX_OPERAND = 3  # tiny operands keep the digit tables tiny: a ~0.5M model learns them within a 3-minute SFT
 MAX_MULTIPLIER = 3
 NUMBER_WIDTH = 2  # zero-padded numbers in the worked steps: fixed digit positions make the arithmetic learnable
 N_OPS = 3
-RECHECK_CONTINUE = 0.65  # probability of one more re-check; truncated geometric => long tail
+RECHECK_CONTINUE = 0.7  # probability of one more re-check; truncated geometric => long tail
 MAX_RECHECKS = 6
 
 _WORDS = {"+": "add {b}", "-": "subtract {b}", "*": "multiply by {b}"}
@@ -58,14 +58,14 @@ def sample_problem(rng: random.Random, n_ops: int = N_OPS) -> Problem:
     value = rng.randint(2, START_MAX)
     start, ops = value, []
     for _ in range(n_ops):
-        choices = ["+"] if value <= MAX_VALUE - 2 else []
-        choices += ["-"] if value >= 2 else []
+        choices = ["+"] if value < MAX_VALUE else []
+        choices += ["-"] if value >= 1 else []
         choices += ["*"] if 2 * value <= MAX_VALUE and value >= 1 else []
         op = rng.choice(choices)
         if op == "+":
-            b = rng.randint(2, min(MAX_OPERAND, MAX_VALUE - value))
+            b = rng.randint(1, min(MAX_OPERAND, MAX_VALUE - value))
         elif op == "-":
-            b = rng.randint(2, min(MAX_OPERAND, value))
+            b = rng.randint(1, min(MAX_OPERAND, value))
         else:
             b = rng.randint(2, min(MAX_MULTIPLIER, MAX_VALUE // value))
         ops.append((op, b))

@@ -1,14 +1,10 @@
 """End-to-end runs of ``launch.py`` on the embedded task: the run-folder contract, and two DeepSpeed ranks."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
+import socket
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["recipe=tiny_grpo", "trainer.prompts_per_step=4", "rollout.n=4", "trainer.micro_batch_size=8",
          "data.n_eval=32", "rollout.max_tokens=256", "rollout.kv_cache_memory_bytes=134217728"]
 METRIC_KEYS = {"step", "time/step_s", "time/rollout_s", "time/update_s", "time/sync_s", "reward/mean", "acc/mean",
@@ -16,23 +12,15 @@ METRIC_KEYS = {"step", "time/step_s", "time/rollout_s", "time/update_s", "time/s
                "train/entropy", "train/grad_norm"}
 
 
-def _run(cmd, tmp_path, timeout=900):
-    env = dict(os.environ, LACONIC_CACHE=os.environ.get("LACONIC_CACHE", str(Path.home() / ".cache" / "laconic")))
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
-    return p
-
-
 def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
-def test_single_rank_run_folder_contract(base_model_dir, tmp_path):
+def test_single_rank_run_folder_contract(base_model_dir, tmp_path, launch):
     out = tmp_path / "run"
-    p = _run([sys.executable, "launch.py", *SMALL, "trainer.max_steps=3", "trainer.save_every=1",
-              "trainer.keep_last=2", "trainer.eval_every=2", f"run.output_dir={out}", "logging.wandb=true",
-              "logging.wandb_mode=offline"], tmp_path)
+    p = launch(*SMALL, "trainer.max_steps=3", "trainer.save_every=1", "trainer.keep_last=2", "trainer.eval_every=2",
+               f"run.output_dir={out}", "logging.wandb=true", "logging.wandb_mode=offline")
     assert f"run folder: {out}" in p.stdout
     assert "max_steps: 3" in (out / "config.yaml").read_text()
     metrics = _jsonl(out / "metrics.jsonl")
@@ -58,15 +46,13 @@ def test_single_rank_run_folder_contract(base_model_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
-def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path):
+def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path, run_cmd, launch):
     out = tmp_path / "run2"
-    import socket
-
     with socket.socket() as sock:  # the default 29500 may be held by an in-process group of an earlier test
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    _run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "launch.py", *SMALL, "trainer.max_steps=2", f"run.output_dir={out}",
-          "logging.wandb=false", "logging.progress=false", "deepspeed.zero_stage=2"], tmp_path)
+    run_cmd(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "launch.py", *SMALL, "trainer.max_steps=2",
+             f"run.output_dir={out}", "logging.wandb=false", "logging.progress=false", "deepspeed.zero_stage=2"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["totals"]["ranks"] == 2 and summary["totals"]["steps"] == 2
     metrics = _jsonl(out / "metrics.jsonl")
@@ -78,8 +64,8 @@ def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path):
     # batch-invariant, so step 1 sees identical completions; DeepSpeed's reduced gradient must then give the
     # one-rank loss and gradient norm (aggregation uses global token counts, engine rescales by world size)
     one = tmp_path / "run1"
-    _run([sys.executable, "launch.py", *SMALL, "trainer.max_steps=1", f"run.output_dir={one}", "logging.wandb=false",
-          "logging.progress=false", "deepspeed.zero_stage=2"], tmp_path)
+    launch(*SMALL, "trainer.max_steps=1", f"run.output_dir={one}", "logging.wandb=false", "logging.progress=false",
+           "deepspeed.zero_stage=2")
     m1, m2 = _jsonl(one / "metrics.jsonl")[0], metrics[0]
     for key in ("reward/mean", "len/mean", "len/max", "acc/mean"):
         assert m1[key] == m2[key], key

@@ -1,24 +1,12 @@
 """Resuming from a checkpoint reproduces the uninterrupted run: same metrics, same HAPO history table."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = ["recipe=tiny_grpo", "trainer.prompts_per_step=4", "rollout.n=4", "trainer.micro_batch_size=8",
         "data.n_eval=16", "rollout.max_tokens=256", "rollout.kv_cache_memory_bytes=134217728",
         "reward.terms={correctness: 1.0, hapo: 1.0}", "trainer.eval_every=0", "logging.wandb=false",
         "logging.progress=false", "trainer.save_every=2"]
-
-
-def _launch(*args):
-    p = subprocess.run([sys.executable, "launch.py", *BASE, *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900, env=dict(os.environ))
-    assert p.returncode == 0, p.stderr[-4000:]
-    return p
 
 
 def _jsonl(path):
@@ -26,14 +14,14 @@ def _jsonl(path):
 
 
 @pytest.mark.slow
-def test_resumed_hapo_run_equals_uninterrupted(base_model_dir, tmp_path):
+def test_resumed_hapo_run_equals_uninterrupted(base_model_dir, tmp_path, launch):
     full, part = tmp_path / "full", tmp_path / "part"
-    _launch("trainer.max_steps=4", f"run.output_dir={full}")
-    _launch("trainer.max_steps=2", f"run.output_dir={part}")
+    launch(*BASE, "trainer.max_steps=4", f"run.output_dir={full}")
+    launch(*BASE, "trainer.max_steps=2", f"run.output_dir={part}")
     # pretend the run died after step 3 was logged but before its checkpoint: the resumed run must drop it
     with open(part / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "stale": True}) + "\n")
-    p = _launch("trainer.max_steps=4", f"run.output_dir={part}", "run.resume=auto")
+    p = launch(*BASE, "trainer.max_steps=4", f"run.output_dir={part}", "run.resume=auto")
     assert "resumed from" in p.stdout and "step_2" in p.stdout
     a, b = _jsonl(full / "metrics.jsonl"), _jsonl(part / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4] and not any(m.get("stale") for m in b)
