@@ -33,7 +33,7 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        probe = self.path / ".write_probe"
+        probe = self.path / f".write_probe.{os.getpid()}"  # one per process: ranks probe the same folder at once
         try:
             probe.write_text("ok")
             probe.unlink()
