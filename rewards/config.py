@@ -69,6 +69,7 @@ class CEEHConfig:
 
 @dataclass
 class DECSCurriculumConfig:
+    enabled: bool = False  # the trainer adds back a share kappa of all-correct groups after dynamic sampling
     lr: float = 0.2  # beta in kappa <- clip(kappa + beta * (R_m - R_{m-1}), 0, share of all-correct prompts)
     kappa_init: float = 0.0  # kappa_0: no all-correct prompt is added back at first (released code)
     r_init: float = 0.5  # R_0: the relative position the first step's R_1 is compared with (released code)

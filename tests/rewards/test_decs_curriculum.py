@@ -85,3 +85,7 @@ def test_state_round_trip():
     fresh = DECSCurriculum(RewardConfig())
     fresh.load_state_dict(cur.state_dict())
     assert (fresh.kappa, fresh.r_prev) == (0.17, 0.63)
+
+
+def test_off_by_default():
+    assert RewardConfig().decs_curriculum.enabled is False
