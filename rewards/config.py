@@ -1,6 +1,7 @@
 """Rewards slice of the config: which terms make up the reward and their parameters.
 
-Each paper's term has its own section with the authors' defaults; ``terms`` picks terms and weights.
+Each paper's term has its own section with the authors' defaults; ``terms`` picks terms and weights, ``transforms``
+picks rollout transforms (DOT) that rewrite completions before any term reads them.
 """
 from __future__ import annotations
 
@@ -52,10 +53,36 @@ class DECSConfig:
 
 
 @dataclass
+class DOTConfig:
+    alpha: float = 3.0  # alpha in the cut T = floor(mean + alpha * std) of a group's lengths (Wu et al. 2026)
+    min_tokens: int = 32  # m: a completion is cut only when n - T >= m tokens
+    success_threshold: float = 1.0  # groups whose verified accuracy is >= this are eligible (1.0 = all correct)
+
+
+@dataclass
+class CEEHConfig:
+    scale: float = 0.1  # s in max(floor, s * (L* - n) / L*) for correct completions (Luo et al. 2026, train.sh)
+    floor: float = -0.9  # lower clip of the length term, so a correct answer never scores below a wrong one
+    rate_fast: float = 0.2  # EMA rate when accuracy rises / the batch's shortest correct length falls below L*
+    rate_slow: float = 0.05  # EMA rate otherwise
+
+
+@dataclass
+class DECSCurriculumConfig:
+    enabled: bool = False  # the trainer adds back a share kappa of all-correct groups after dynamic sampling
+    lr: float = 0.2  # beta in kappa <- clip(kappa + beta * (R_m - R_{m-1}), 0, share of all-correct prompts)
+    kappa_init: float = 0.0  # kappa_0: no all-correct prompt is added back at first (released code)
+    r_init: float = 0.5  # R_0: the relative position the first step's R_1 is compared with (released code)
+
+
+@dataclass
 class RewardConfig:
     terms: dict[str, float] = field(default_factory=lambda: {"correctness": 1.0})  # term name -> weight in the total
+    transforms: list[str] = field(default_factory=list)  # rollout transforms (rewards.TRANSFORMS) run before the terms
     truncation: str = "none"  # completions cut at the cap: none | zero (DLER paper) | scale (DLER code: x truncation_scale)
     truncation_scale: float = 0.1  # factor of a truncated completion's reward when truncation=scale
+    difficulty_cap_threshold: float = 0.0  # DA-DLER: groups with accuracy >= this get the tight cap; 0 = off (paper .5)
+    difficulty_cap_factor: float = 0.5  # DA-DLER: the tight cap is factor x RewardInput.max_tokens (paper 2000 of 4000)
     correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)  # correctness term
     lcpo_exact: LCPOExactConfig = field(default_factory=LCPOExactConfig)  # L1-Exact term
     lcpo_max: LCPOMaxConfig = field(default_factory=LCPOMaxConfig)  # L1-Max term
@@ -63,3 +90,6 @@ class RewardConfig:
     hapo: HAPOConfig = field(default_factory=HAPOConfig)  # HAPO history term
     kimi: KimiConfig = field(default_factory=KimiConfig)  # Kimi k1.5 length term
     decs: DECSConfig = field(default_factory=DECSConfig)  # DECS token-level term
+    decs_curriculum: DECSCurriculumConfig = field(default_factory=DECSCurriculumConfig)  # DECS curriculum schedule
+    dot: DOTConfig = field(default_factory=DOTConfig)  # DOT rollout transform
+    ceeh: CEEHConfig = field(default_factory=CEEHConfig)  # CEEH length term

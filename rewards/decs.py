@@ -22,7 +22,7 @@ import torch
 from rewards.config import RewardConfig
 from rewards.registry import register_term
 from rewards.types import RewardInput
-from rewards.verifiers import THINK_CLOSE, THINK_OPEN
+from rewards.verifiers import thinking_span
 
 _STEP_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -47,18 +47,26 @@ def answer_value(chunk: str, answer: str) -> bool:
 DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value}
 
 
+def answer_chunk(completion: str, answer: str, detector: str = "answer_value"):
+    """-> (thinking span, its chunk spans, index of the first answer-bearing chunk), or None when the thinking is not
+    closed or no chunk holds the answer. Chunk spans are relative to the thinking's start."""
+    span = thinking_span(completion)
+    if span is None:
+        return None
+    body = completion[span[0]:span[1]]
+    chunks, found = split_chunks(body), DETECTORS[detector]
+    first = next((j for j, (a, b) in enumerate(chunks) if found(body[a:b], answer)), None)
+    return None if first is None else (span, chunks, first)
+
+
 def first_answer_end(completion: str, answer: str, detector: str = "answer_value") -> tuple[int, int] | None:
     """-> (char offset where the first answer-bearing chunk ends, char offset of ``</think>``), or None when the
     thinking is not closed or no chunk holds the answer (then no token is redundant)."""
-    start, end = completion.find(THINK_OPEN), completion.find(THINK_CLOSE)
-    if start < 0 or end < start:
+    hit = answer_chunk(completion, answer, detector)
+    if hit is None:
         return None
-    body_start = start + len(THINK_OPEN)
-    found = DETECTORS[detector]
-    for a, b in split_chunks(completion[body_start:end]):
-        if found(completion[body_start + a:body_start + b], answer):
-            return body_start + b, end
-    return None
+    (start, end), chunks, first = hit
+    return start + chunks[first][1], end
 
 
 def redundant_mask(inp: RewardInput, detector: str) -> torch.Tensor:
@@ -79,10 +87,11 @@ def redundant_mask(inp: RewardInput, detector: str) -> torch.Tensor:
 def decs(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """[B,T] token rewards (0 beyond each completion's tokens)."""
     d = cfg.decs
-    if d.max_len <= 0:
-        raise ValueError("reward.decs.max_len must be > 0 (the trainer sets it to rollout.max_tokens when 0)")
+    max_len = d.max_len if d.max_len > 0 else (inp.max_tokens or 0)
+    if max_len <= 0:
+        raise ValueError("reward.decs.max_len must be > 0, or 0 with RewardInput.max_tokens set (the rollout's cap)")
     red = redundant_mask(inp, d.detector)
     n = inp.num_tokens.to(torch.float32)[:, None]
     valid = torch.arange(red.shape[1])[None, :] < n
-    r = torch.where(red, 1 + d.beta * (1 - n / d.max_len), torch.full_like(n, 1 + d.beta).expand_as(red))
+    r = torch.where(red, 1 + d.beta * (1 - n / max_len), torch.full_like(n, 1 + d.beta).expand_as(red))
     return torch.where(valid & inp.correct[:, None], r, torch.zeros_like(r)) * d.weight

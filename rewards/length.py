@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rewards.config import RewardConfig
+from rewards.groups import group_index
 from rewards.registry import register_term
 from rewards.types import RewardInput
 
@@ -37,11 +38,6 @@ def lcpo_max(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     return torch.where(has, c * scale, c)
 
 
-def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    return inv, int(inv.max()) + 1 if inv.numel() else 0
-
-
 @register_term("shorterbetter")
 def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """ShorterBetter (Yi et al. 2025): ``r = alpha * c - beta * |n - SOL|``, SOL = the shortest correct length of
@@ -49,7 +45,7 @@ def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     c=[0, 1] -> SOL=300 -> r=[-0.2, 2.0]; all wrong n=[100, 300] -> SOL=200 -> r=[-0.1, -0.1]."""
     n = inp.num_tokens.to(torch.float32)
     c = inp.correct
-    inv, g = _group_index(inp.group_ids)
+    inv, g = group_index(inp.group_ids)
     big = torch.full((g,), float("inf"))
     shortest = big.scatter_reduce(0, inv, torch.where(c, n, torch.full_like(n, float("inf"))), "amin")
     mean = torch.zeros(g).index_add_(0, inv, n) / torch.zeros(g).index_add_(0, inv, torch.ones_like(n))
@@ -64,7 +60,7 @@ def kimi(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     correct -> lambda, wrong -> min(0, lambda); all 0 when the group's lengths are equal.
     Example: n=[100, 200, 300], c=[1, 1, 0] -> lambda=[.5, 0, -.5] -> r=[.5, 0, -.5]."""
     n = inp.num_tokens.to(torch.float32)
-    inv, g = _group_index(inp.group_ids)
+    inv, g = group_index(inp.group_ids)
     lo = torch.full((g,), float("inf")).scatter_reduce(0, inv, n, "amin")[inv]
     hi = torch.full((g,), float("-inf")).scatter_reduce(0, inv, n, "amax")[inv]
     span = hi - lo

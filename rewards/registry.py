@@ -1,7 +1,14 @@
-"""Reward terms registered by name. A term is ``fn(RewardInput, RewardConfig) -> Tensor[B]``.
+"""Reward terms and rollout transforms registered by name, and ``compute``, which runs them in four phases:
 
-The verifier runs once, before any term, and its verdicts travel in ``RewardInput.correct``: the format gate
-and answer check stay in one place and every term (correctness or length shaping) reads the same verdict.
+1. verify     ``VERIFIERS[cfg.correctness.verifier]`` once per completion -> ``RewardInput.correct``. The format
+              gate and answer check stay in one place and every term reads the same verdict.
+2. transform  each name in ``cfg.transforms`` in order: ``TRANSFORMS[name](inp, cfg) -> RewardInput``. A transform
+              rewrites completions (DOT cuts outliers and re-verifies them); ``RewardOutput.kept_tokens`` tells the
+              trainer how many tokens of each completion remain.
+3. terms      ``TERMS[name](inp, cfg) -> [B]`` (or ``[B,T]`` for token-level terms; ``fn(inp, cfg, state)`` for
+              stateful ones), summed with the weights of ``cfg.terms``.
+4. truncation ``TRUNCATION[cfg.truncation]`` on the rows :func:`truncated_rows` marks: cut at the cap, or (DA-DLER)
+              longer than ``difficulty_cap_factor x max_tokens`` in a group whose accuracy is >= the threshold.
 """
 from __future__ import annotations
 
@@ -11,13 +18,21 @@ from typing import Callable
 import torch
 
 from rewards.config import RewardConfig
+from rewards.groups import group_mean
 from rewards.types import RewardInput, RewardOutput
 from rewards.verifiers import VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
+TransformFn = Callable[[RewardInput, RewardConfig], RewardInput]
 TERMS: dict[str, TermFn] = {}
 STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
 TOKEN_LEVEL: set[str] = set()  # terms returning [B,T] token rewards instead of [B]
+TRANSFORMS: dict[str, TransformFn] = {}  # rollout transforms: verified input -> rewritten, re-verified input
+TRUNCATION: dict[str, Callable[[torch.Tensor, torch.Tensor, RewardConfig], torch.Tensor]] = {
+    "none": lambda r, cut, cfg: r,
+    "zero": lambda r, cut, cfg: torch.where(cut, torch.zeros_like(r), r),  # DLER paper: truncated -> reward 0
+    "scale": lambda r, cut, cfg: torch.where(cut, cfg.truncation_scale * r, r),  # DLER code: x 0.1
+}
 
 
 def register_term(name: str, state: type | None = None, token_level: bool = False) -> Callable[[TermFn], TermFn]:
@@ -40,9 +55,29 @@ def register_term(name: str, state: type | None = None, token_level: bool = Fals
     return deco
 
 
+def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
+    """Decorator adding ``fn(inp, cfg) -> RewardInput`` to :data:`TRANSFORMS`; duplicates are an error.
+
+    A transform receives a verified input and returns one whose rows are consistent: cut texts, ``num_tokens`` (the
+    tokens kept), ``token_offsets`` and re-verified ``correct``. It never changes the number of rows."""
+
+    def deco(fn: TransformFn) -> TransformFn:
+        if name in TRANSFORMS:
+            raise ValueError(f"rollout transform {name!r} is already registered by {TRANSFORMS[name].__module__}")
+        TRANSFORMS[name] = fn
+        return fn
+
+    return deco
+
+
 def make_states(cfg: RewardConfig) -> dict[str, object]:
     """Fresh state objects for the stateful terms ``cfg`` uses (the trainer checkpoints them)."""
     return {name: STATE_TYPES[name](cfg) for name in cfg.terms if name in STATE_TYPES}
+
+
+def needs_token_offsets(cfg: RewardConfig) -> bool:
+    """True when a configured term or transform reads ``RewardInput.token_offsets`` (token-level terms, DOT)."""
+    return bool(cfg.transforms) or any(t in TOKEN_LEVEL for t in cfg.terms)
 
 
 def observe(inp: RewardInput, states: dict[str, object]) -> dict[str, object]:
@@ -58,24 +93,72 @@ def apply(states: dict[str, object], updates: list[dict[str, object]]) -> None:
         st.apply([u[name] for u in updates])
 
 
-def verify(inp: RewardInput, verifier: str) -> torch.Tensor:
-    """[B] bool verdicts of ``VERIFIERS[verifier](completion, meta["answer"])``."""
+def verify_texts(texts: list[str], answers: list, verifier: str) -> torch.Tensor:
+    """[N] bool verdicts of ``VERIFIERS[verifier](text, answer)``."""
     if verifier not in VERIFIERS:
         raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)}")
     fn = VERIFIERS[verifier]
-    return torch.tensor([fn(c, m["answer"]) for c, m in zip(inp.completions, inp.meta)], dtype=torch.bool)
+    return torch.tensor([bool(fn(t, a)) for t, a in zip(texts, answers)], dtype=torch.bool)
+
+
+def verify(inp: RewardInput, verifier: str) -> torch.Tensor:
+    """[B] bool verdicts of ``VERIFIERS[verifier](completion, meta["answer"])``."""
+    return verify_texts(inp.completions, [m["answer"] for m in inp.meta], verifier)
+
+
+def truncated_rows(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """[B] bool rows the truncation rule treats as truncated: cut at the cap, plus, with Difficulty-Aware DLER
+    (Liu et al. 2025, §3.5; threshold .5, caps 2000 / 4000 in §4.1), rows longer than ``factor x max_tokens`` whose
+    group accuracy (verified-correct fraction of the group in this batch) is >= ``difficulty_cap_threshold``.
+
+    Example: threshold .5, factor .5, max_tokens 400; group A n=[150, 250, 300] correct [1, 1, 0] (acc .67) ->
+    [False, True, True]; group B n=[250, 300] correct [0, 1] (acc .5) -> [True, True]; group C acc .33 -> only the
+    rows cut at 400."""
+    if cfg.difficulty_cap_threshold <= 0:
+        return inp.truncated
+    if inp.max_tokens is None:
+        raise ValueError("reward.difficulty_cap_threshold > 0 needs RewardInput.max_tokens (the rollout's cap)")
+    easy = group_mean(inp.correct, inp.group_ids) >= cfg.difficulty_cap_threshold
+    over = inp.num_tokens > cfg.difficulty_cap_factor * inp.max_tokens
+    return inp.truncated | (easy & over)
 
 
 def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | None = None) -> RewardOutput:
-    """Verify once, evaluate every configured term once, return ``total = sum_k weight_k * term_k``, then apply the
-    truncation rule: ``zero`` sets a truncated completion's reward to 0 (DLER paper), ``scale`` multiplies it by
+    """verify -> transforms -> terms -> truncation rule (module docstring). ``total = sum_k weight_k * term_k`` for
+    sequence-level terms; a token-level term adds ``weight * [B,T]`` to ``token_rewards`` and its per-sequence token
+    mean to ``total``. ``zero`` sets a truncated row's reward to 0 (DLER paper), ``scale`` multiplies it by
     ``truncation_scale`` (DLER's released code: 0.1 x its score)."""
+    _check_names(cfg)
+    if inp.correct is None:
+        inp = dataclasses.replace(inp, correct=verify(inp, cfg.correctness.verifier))
+    for name in cfg.transforms:
+        inp = TRANSFORMS[name](inp, cfg)
+    terms = _evaluate_terms(inp, cfg, states or {})
+    total, token_rewards = _combine(inp, cfg, terms)
+    cut = truncated_rows(inp, cfg)
+    rule = TRUNCATION[cfg.truncation]
+    total = rule(total, cut, cfg)
+    if token_rewards is not None:
+        token_rewards = rule(token_rewards, cut[:, None].expand_as(token_rewards), cfg)
+    kept = inp.num_tokens.clone() if cfg.transforms else None
+    return RewardOutput(total=total, correct=inp.correct, terms=terms, token_rewards=token_rewards, input=inp,
+                        kept_tokens=kept)
+
+
+def _check_names(cfg: RewardConfig) -> None:
     unknown = sorted(set(cfg.terms) - set(TERMS))
     if unknown:
         raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}")
-    if inp.correct is None:
-        inp = dataclasses.replace(inp, correct=verify(inp, cfg.correctness.verifier))
-    states = states or {}
+    unknown = sorted(set(cfg.transforms) - set(TRANSFORMS))
+    if unknown:
+        raise KeyError(f"reward.transforms names unknown transform(s) {unknown}; registered: {sorted(TRANSFORMS)}")
+    if cfg.truncation not in TRUNCATION:
+        raise ValueError(f"reward.truncation={cfg.truncation!r} is not one of {sorted(TRUNCATION)}")
+    if cfg.difficulty_cap_threshold > 0 and cfg.truncation == "none":
+        raise ValueError("reward.difficulty_cap_threshold > 0 does nothing with reward.truncation=none: set zero|scale")
+
+
+def _evaluate_terms(inp: RewardInput, cfg: RewardConfig, states: dict[str, object]) -> dict[str, torch.Tensor]:
     terms = {}
     for name in cfg.terms:
         if name in STATE_TYPES:
@@ -84,6 +167,11 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
             terms[name] = TERMS[name](inp, cfg, states[name]).to(torch.float32)
         else:
             terms[name] = TERMS[name](inp, cfg).to(torch.float32)
+    return terms
+
+
+def _combine(inp: RewardInput, cfg: RewardConfig, terms: dict[str, torch.Tensor]):
+    """-> (total [B], token_rewards [B,T] | None); token-level entries of ``terms`` become their token means."""
     total = torch.zeros(len(inp.completions), dtype=torch.float32)
     token_rewards = None
     for name, weight in cfg.terms.items():
@@ -93,17 +181,4 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
             valid = torch.arange(tr.shape[1])[None, :] < inp.num_tokens[:, None]
             terms[name] = (terms[name] * valid).sum(-1) / valid.sum(-1).clamp(min=1)
         total = total + weight * terms[name]
-    total = _truncation(total, inp.truncated, cfg)
-    if token_rewards is not None:
-        token_rewards = _truncation(token_rewards, inp.truncated[:, None].expand_as(token_rewards), cfg)
-    return RewardOutput(total=total, correct=inp.correct, terms=terms, token_rewards=token_rewards, input=inp)
-
-
-def _truncation(total: torch.Tensor, truncated: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
-    if cfg.truncation == "none":
-        return total
-    if cfg.truncation == "zero":
-        return torch.where(truncated, torch.zeros_like(total), total)
-    if cfg.truncation == "scale":
-        return torch.where(truncated, cfg.truncation_scale * total, total)
-    raise ValueError(f"reward.truncation={cfg.truncation!r} is not one of ['none', 'scale', 'zero']")
+    return total, token_rewards

@@ -3,7 +3,8 @@
 TRL calls ``fn(prompts=[...], completions=[...], completion_ids=[[...]], **dataset_columns)`` with the group's
 completions adjacent and returns one float per completion. Rows with the same prompt form a group; a completion
 without the EOS token that is as long as ``max_completion_length`` counts as truncated (its length is the cap).
-Stateful terms (HAPO) keep their state in the adapter and update it after every call, as Laconic's trainer does.
+Stateful terms (HAPO, CEEH) keep their state in the adapter and update it after every call, as Laconic's trainer
+does. Rollout transforms (DOT) are refused: TRL cannot cut its completions' loss masks to the kept tokens.
 
 Example::
 
@@ -25,6 +26,8 @@ class TRLReward:
         if term not in TERMS:
             raise KeyError(f"unknown reward term {term!r}; registered: {sorted(TERMS)}")
         base = cfg or RewardConfig()
+        if base.transforms:
+            raise ValueError(f"reward.transforms={base.transforms} rewrite completions; TRLReward cannot apply them")
         self.cfg = RewardConfig(**{**base.__dict__, "terms": {term: weight}})
         self.states = make_states(self.cfg)
         self.max_len, self.eos = max_completion_length, eos_token_id
@@ -43,7 +46,8 @@ class TRLReward:
                 | ({"target_tokens": columns["target_tokens"][i]} if "target_tokens" in columns else {})
                 for i in range(len(texts))]
         inp = RewardInput(completions=texts, num_tokens=torch.where(truncated, torch.tensor(self.max_len), n),
-                          truncated=truncated, group_ids=torch.tensor([group[k] for k in keys]), meta=meta)
+                          truncated=truncated, group_ids=torch.tensor([group[k] for k in keys]), meta=meta,
+                          max_tokens=self.max_len)
         out = compute(inp, self.cfg, self.states)
         if self.stateful:
             apply(self.states, [observe(out.input, self.states)])

@@ -15,6 +15,7 @@ class RewardInput:
     meta: list[dict]  # [B] per-row problem data: at least "answer" and "uid"
     token_offsets: list[list[int]] | None = None  # [B][T] char offset where each token starts (token-level terms)
     correct: torch.Tensor | None = None  # [B] bool: verifier verdicts; filled by rewards.compute before any term runs
+    max_tokens: int | None = None  # the rollout's completion cap (SamplingSpec.max_tokens); needed by DA-DLER's cap
 
     def __post_init__(self) -> None:
         b = len(self.completions)
@@ -24,6 +25,8 @@ class RewardInput:
                 raise ValueError(f"RewardInput.{name} has shape {tuple(t.shape)}, expected ({b},)")
         if len(self.meta) != b:
             raise ValueError(f"RewardInput.meta has {len(self.meta)} rows, expected {b}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ValueError(f"RewardInput.max_tokens={self.max_tokens} must be > 0 (or None)")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ class RewardOutput:
     correct: torch.Tensor  # [B] bool: verifier verdicts (acc/* metrics)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] float, unweighted
     token_rewards: torch.Tensor | None = None  # [B,T] float: token-level rewards, when a token-level term ran
-    input: RewardInput | None = None  # the verified input (``correct`` filled), for state updates
+    input: RewardInput | None = None  # the verified (and transformed, if any ran) input, for state updates
+    kept_tokens: torch.Tensor | None = None  # [B] long: tokens of each completion the update may train on, after the
+    # rollout transforms (DOT); None when no transform ran. The trainer zeroes completion_mask[i, kept_tokens[i]:].
 
 
 def select_output(out: RewardOutput, rows: torch.Tensor) -> RewardOutput:
@@ -44,10 +49,11 @@ def select_output(out: RewardOutput, rows: torch.Tensor) -> RewardOutput:
             completions=[inp.completions[int(i)] for i in rows], num_tokens=inp.num_tokens[rows],
             truncated=inp.truncated[rows], group_ids=inp.group_ids[rows], meta=[inp.meta[int(i)] for i in rows],
             token_offsets=[inp.token_offsets[int(i)] for i in rows] if inp.token_offsets is not None else None,
-            correct=inp.correct[rows] if inp.correct is not None else None)
+            correct=inp.correct[rows] if inp.correct is not None else None, max_tokens=inp.max_tokens)
     return RewardOutput(total=out.total[rows], correct=out.correct[rows],
                         terms={k: v[rows] for k, v in out.terms.items()},
-                        token_rewards=out.token_rewards[rows] if out.token_rewards is not None else None, input=sub_in)
+                        token_rewards=out.token_rewards[rows] if out.token_rewards is not None else None, input=sub_in,
+                        kept_tokens=out.kept_tokens[rows] if out.kept_tokens is not None else None)
 
 
 def concat_outputs(outs: list[RewardOutput]) -> RewardOutput:
@@ -58,5 +64,7 @@ def concat_outputs(outs: list[RewardOutput]) -> RewardOutput:
     if all(o.token_rewards is not None for o in outs):
         width = max(o.token_rewards.shape[1] for o in outs)
         tok = torch.cat([torch.nn.functional.pad(o.token_rewards, (0, width - o.token_rewards.shape[1])) for o in outs])
+    kept = torch.cat([o.kept_tokens for o in outs]) if all(o.kept_tokens is not None for o in outs) else None
     return RewardOutput(total=torch.cat([o.total for o in outs]), correct=torch.cat([o.correct for o in outs]),
-                        terms={k: torch.cat([o.terms[k] for o in outs]) for k in outs[0].terms}, token_rewards=tok)
+                        terms={k: torch.cat([o.terms[k] for o in outs]) for k in outs[0].terms}, token_rewards=tok,
+                        kept_tokens=kept)

@@ -12,6 +12,8 @@ The embedded task's completions look like::
 
 The final answer is the integer after the *last* ``Answer:`` marker that follows ``</think>``. A completion
 without a closed thinking section or without an answer line fails the format gate and is incorrect.
+
+``math`` (real math data sets) checks LaTeX / numeric answers with Hugging Face's ``math_verify``.
 """
 from __future__ import annotations
 
@@ -62,4 +64,29 @@ def thinking_span(completion: str) -> tuple[int, int] | None:
     return start + len(THINK_OPEN), end
 
 
-VERIFIERS = {"exact_integer": exact_integer}
+MATH_TIMEOUT_S = 5  # math_verify's own per-call limit (its default), for parse and for verify
+
+
+def math_equivalent(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
+    """True when ``math_verify`` finds the final answer mathematically equal to ``answer``.
+
+    The prediction is the text after the last ``</think>`` (the whole completion when there is none); it is parsed
+    with math_verify's default extraction (``\\boxed{}`` first, then LaTeX and plain expressions). The reference is
+    parsed as LaTeX math (wrapped in ``$...$`` unless it already has ``$`` or ``\\boxed``). Both calls use
+    math_verify's SIGALRM timeouts (``parsing_timeout`` / ``timeout_seconds``), so adversarial input cannot hang a
+    step; a timeout counts as incorrect. SIGALRM works only in the main thread: math_verify raises ``ValueError``
+    when this runs in another thread. Example: ``\\boxed{\\frac{1}{2}}`` vs ``"0.5"`` -> True; vs ``"1/3"`` -> False.
+    """
+    from math_verify import parse, verify  # lazily: heavy (sympy), and only math data sets need it
+
+    close = completion.rfind(THINK_CLOSE)
+    tail = completion[close + len(THINK_CLOSE):] if close >= 0 else completion
+    ref = str(answer).strip()
+    if not tail.strip() or not ref:
+        return False
+    gold = parse(ref if "$" in ref or "\\boxed" in ref else f"${ref}$", parsing_timeout=timeout_s)
+    pred = parse(tail, parsing_timeout=timeout_s)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout_s))
+
+
+VERIFIERS = {"exact_integer": exact_integer, "math": math_equivalent}

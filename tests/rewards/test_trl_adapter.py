@@ -31,6 +31,28 @@ def test_stateful_adapter_updates_history_between_calls():
     assert fn(completion_ids=[[5] * 49 + [1], [5] * 99 + [1]], **kw) == pytest.approx([0.70710678, 0.0])
 
 
+def test_ceeh_through_the_adapter_keeps_its_state_between_calls():
+    fn = TRLReward("ceeh", RewardConfig(), max_completion_length=1000, eos_token_id=1)
+    kw = dict(prompts=["p", "p", "p"], completions=[OK, OK, BAD], answer=["2"] * 3, uid=["a"] * 3)
+    assert fn(completion_ids=[[5] * 99 + [1], [5] * 199 + [1], [5] * 50], **kw) == [0.0, 0.0, 0.0]  # no L* yet
+    assert fn.states["ceeh"].opt_len == {"a": 100.0}
+    assert fn.states["ceeh"].acc == {"a": pytest.approx(2 / 3)}
+    # accuracy 2/3 >= Acc_h 2/3: .1 * (100 - 50) / 100 = .05 and .1 * (100 - 300) / 100 = -.2; wrong -> 0
+    got = fn(completion_ids=[[5] * 49 + [1], [5] * 299 + [1], [5] * 50], **kw)
+    assert got == pytest.approx([0.05, -0.2, 0.0])
+    assert fn.states["ceeh"].opt_len["a"] == pytest.approx(0.8 * 100 + 0.2 * 50)
+
+
+def test_adapter_passes_the_cap_for_difficulty_aware_truncation_and_refuses_transforms():
+    cfg = RewardConfig(truncation="zero", difficulty_cap_threshold=0.5)  # easy groups: cap 0.5 * 100 = 50
+    fn = TRLReward("correctness", cfg, max_completion_length=100, eos_token_id=1)
+    out = fn(prompts=["p", "p"], completions=[OK, OK], completion_ids=[[5] * 40 + [1], [5] * 60 + [1]],
+             answer=["2", "2"])
+    assert out == [1.0, 0.0]
+    with pytest.raises(ValueError, match="transforms"):
+        TRLReward("correctness", RewardConfig(transforms=["dot"]))
+
+
 @pytest.mark.slow
 def test_runs_inside_trl_grpo_trainer(base_model_dir, tmp_path):
     from datasets import Dataset
