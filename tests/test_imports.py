@@ -39,9 +39,9 @@ try:
     VLLMEngine('/nonexistent', RolloutConfig())
 except ImportError as e:
     print('EDGE-ROLLOUT', e)
-from trainers.engine import PolicyEngine
+from trainers.engine import TrainEngine
 try:
-    PolicyEngine(None, None, 1, 1)
+    TrainEngine(None, None, None, 1, 1)
 except ImportError as e:
     print('EDGE-ENGINE', e)
 """

@@ -60,8 +60,17 @@ def rloo(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     return _broadcast(adv, inp.mask)
 
 
-def _sum(inp: AdvantageInput, t: torch.Tensor) -> torch.Tensor:
-    return inp.all_sum(t) if inp.all_sum is not None else t
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, all_sum=None, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with mean and Bessel-corrected variance over the valid entries of every rank.
+    x, mask: [B,T] -> [B,T] float64, 0 where mask is False. Example (one rank): x = [[1, 3], [5, pad]] -> mean 3,
+    var (4 + 0 + 4) / 2 = 4 -> [[-1, 0], [1, 0]]."""
+    total = all_sum if all_sum is not None else (lambda t: t)
+    m = mask.to(torch.float64)
+    x = x.to(torch.float64) * m
+    n = total(m.sum().reshape(1))
+    mu = total(x.sum().reshape(1)) / n.clamp(min=1)
+    var = total((((x - mu) * m) ** 2).sum().reshape(1)) / (n - 1).clamp(min=1)
+    return (x - mu) / torch.sqrt(var + eps) * m
 
 
 @ADVANTAGE.register("dler_batch")
@@ -76,12 +85,49 @@ def dler_batch(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     """
     mean, _, _ = group_stats(inp.rewards, inp.group_ids)
     a = inp.rewards.to(torch.float64) - mean  # [B]
+    if cfg.whiten == "token":
+        return masked_whiten(_broadcast(a, inp.mask), inp.mask, inp.all_sum, cfg.whiten_eps).to(torch.float32)
+    seq = masked_whiten(a[:, None], torch.ones_like(a[:, None], dtype=torch.bool), inp.all_sum, cfg.whiten_eps)
+    return _broadcast(seq[:, 0], inp.mask)
+
+
+def dense_rewards(inp: AdvantageInput) -> torch.Tensor:
+    """[B,T] per-token rewards: ``token_rewards`` when a term produced them, else each sequence reward on its last
+    valid token (the outcome reward of an episode that ends there)."""
+    if inp.token_rewards is not None:
+        r = torch.zeros(inp.mask.shape, dtype=torch.float64)
+        w = min(r.shape[1], inp.token_rewards.shape[1])
+        r[:, :w] = inp.token_rewards[:, :w].to(torch.float64)
+        return r * inp.mask
+    last = (inp.mask.sum(-1) - 1).clamp(min=0)
+    r = torch.zeros(inp.mask.shape, dtype=torch.float64)
+    r[torch.arange(len(last)), last] = inp.rewards.to(torch.float64)
+    return r * inp.mask
+
+
+@ADVANTAGE.register("gae")
+def gae(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over completion tokens:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t   (V after the last token = 0),   A_t = delta_t + gamma * lam * A_{t+1}
+
+    ``V_t`` = the critic's value of the state before token t; returns for the critic are ``A + V`` (unwhitened).
+    Example: one row, r = [0, 1], V = [.5, .5], gamma = lam = 1 -> delta = [0, .5] -> A = [.5, .5].
+    """
+    if inp.values is None:
+        raise ValueError("algo.advantage=gae needs critic values (AdvantageInput.values)")
     m = inp.mask.to(torch.float64)
-    w = m.sum(-1) if cfg.whiten == "token" else torch.ones_like(a)  # weight of each sequence in the statistics
-    n, s1 = _sum(inp, w.sum().reshape(1)), _sum(inp, (w * a).sum().reshape(1))
-    mu = s1 / n
-    var = _sum(inp, (w * (a - mu) ** 2).sum().reshape(1)) / (n - 1).clamp(min=1)
-    return _broadcast((a - mu) / torch.sqrt(var + cfg.whiten_eps), inp.mask)
+    v = inp.values.to(torch.float64)[:, : m.shape[1]] * m
+    r = dense_rewards(inp)
+    adv = torch.zeros_like(v)
+    nxt_v = torch.zeros(v.shape[0], dtype=torch.float64)
+    nxt_a = torch.zeros(v.shape[0], dtype=torch.float64)
+    for t in range(v.shape[1] - 1, -1, -1):
+        delta = r[:, t] + cfg.gamma * nxt_v - v[:, t]
+        nxt_a = (delta + cfg.gamma * cfg.lam * nxt_a) * m[:, t]
+        nxt_v = v[:, t]
+        adv[:, t] = nxt_a
+    return adv.to(torch.float32)
 
 
 @ADVANTAGE.register("token_group")

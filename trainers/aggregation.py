@@ -57,5 +57,6 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, global_cou
 
 
 def local_counts(mask: torch.Tensor) -> torch.Tensor:
-    """[2] float64 (tokens, sequences) of a shard, to be summed over shards into :class:`GlobalCounts`."""
-    return torch.tensor([float(mask.sum()), float(mask.shape[0])], dtype=torch.float64)
+    """[2] float64 (tokens, sequences with at least one token) of a shard, to be summed over shards into
+    :class:`GlobalCounts`. A row whose every token was rejected (sequence-level masked IS) is no sequence."""
+    return torch.tensor([float(mask.sum()), float(mask.any(-1).sum())], dtype=torch.float64)

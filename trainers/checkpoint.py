@@ -1,4 +1,5 @@
-"""Checkpoints: ``checkpoints/step_N/`` = DeepSpeed state + ``trainer_state.json`` + a ``COMPLETE`` marker.
+"""Checkpoints: ``checkpoints/step_N/`` = one DeepSpeed checkpoint per engine (``policy/``, ``critic/``) +
+``trainer_state.json`` + a ``COMPLETE`` marker.
 
 A checkpoint is written into ``.step_N.tmp`` and renamed only once every rank has finished, so a run killed
 mid-save leaves the previous complete checkpoint as the newest usable one.
@@ -36,13 +37,16 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save(policy, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool) -> Path:
+def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool) -> Path:
+    """Every rank writes its shards of every engine into ``.step_N.tmp``; rank 0 then adds the trainer state and
+    the ``COMPLETE`` marker and renames the folder into place (so a half-written checkpoint is never picked)."""
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     distributed.barrier()
-    policy.save(str(tmp), client_state={"rng": rng_state(), "step": step})
+    for name, engine in engines.items():
+        engine.save(str(tmp / name), client_state={"rng": rng_state(), "step": step})
     distributed.barrier()
     if is_main:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
@@ -67,3 +71,15 @@ def resolve(resume: str, root: Path) -> Path | None:
     if not (path / "COMPLETE").exists():
         raise FileNotFoundError(f"run.resume={resume!r} is not a complete checkpoint folder (no COMPLETE marker)")
     return path
+
+
+def load(engines: dict, folder: Path) -> dict:
+    """Restore every engine from ``folder`` and this process's RNG states; returns ``trainer_state.json``."""
+    client = {}
+    for name, engine in engines.items():
+        if not (folder / name).is_dir():
+            raise FileNotFoundError(f"checkpoint {folder} has no {name!r} engine state (it was saved by another "
+                                    f"configuration?)")
+        client = engine.load(str(folder / name))
+    set_rng_state(client["rng"])
+    return json.loads((folder / "trainer_state.json").read_text())

@@ -19,10 +19,30 @@ class RunConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0  # LoRA rank r through peft; 0 = full fine-tuning
+    alpha: float = 16.0  # LoRA scaling numerator: delta W = (alpha / r) B A
+    dropout: float = 0.0  # dropout on the LoRA branch input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])  # module names that get adapters
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny-base"  # HF model folder, or "tiny-base" = the embedded base model (built and cached on demand)
     dtype: str = "float32"  # trainer dtype: float32 | bfloat16 | float16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    ref_path: str = ""  # frozen reference model for the KL term; "" = the initial policy (model.path)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # parameter-efficient fine-tuning (peft)
+
+
+@dataclass
+class CriticConfig:
+    model: str = "policy"  # value model backbone: "policy" = a copy of the policy's backbone, or an HF model folder
+    lr: float = 1e-5  # critic AdamW learning rate (its own DeepSpeed engine and optimizer)
+    warmup_steps: int = 0  # critic learning-rate warm-up in optimizer steps
+    value_clip: float = 0.2  # clipped value loss: V is kept within +-value_clip of the rollout-time value
+    grad_clip: float = 1.0  # critic gradient-norm clip; 0 disables
 
 
 @dataclass
@@ -53,6 +73,14 @@ class AlgoConfig:
     clip_high: float = 0.2  # PPO ratio clip above: 1 + clip_high (clip-higher: e.g. 0.28)
     aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
     norm_length: int = 0  # seq-mean-token-sum-norm's constant divisor; 0 = rollout.max_tokens (Dr.GRPO)
+    whiten_advantages: bool = False  # whiten advantages over the whole batch (all ranks) after the estimator (PPO)
+    gamma: float = 1.0  # gae: discount
+    lam: float = 1.0  # gae: lambda of generalised advantage estimation
+    kl_coef: float = 0.0  # weight beta of KL(policy || reference); 0 = no reference model is loaded at all
+    kl_estimator: str = "k3"  # k1 (log-ratio) | k2 (squared log-ratio / 2) | k3 (low-variance, Schulman)
+    kl_in_reward: bool = False  # subtract beta * KL per token from the reward (PPO style) instead of adding it to the loss
+    sampler_correction: str = "none"  # vLLM-vs-trainer mismatch: none | token_tis | token_mis | seq_tis | seq_mis
+    sampler_is_cap: float = 2.0  # truncation (tis) or rejection (mis) threshold of the sampler importance ratio
 
 
 @dataclass
@@ -70,6 +98,9 @@ class OptimConfig:
 class DeepSpeedConfig:
     zero_stage: int = 0  # ZeRO stage 0-3
     backend: str = "auto"  # torch.distributed backend: auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    offload_optimizer: str = "none"  # ZeRO optimizer-state offload: none | cpu
+    offload_param: str = "none"  # ZeRO-3 parameter offload: none | cpu
+    sync_bucket_mb: int = 256  # weight sync gathers ZeRO-3 parameters and pushes them to vLLM in buckets of this size
 
 
 @dataclass
@@ -81,6 +112,7 @@ class TrainerConfig:
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero spread, sample more until full
     max_sample_rounds: int = 3  # dynamic sampling: generation rounds per step before filling with dropped groups
+    dynamic_sampling_metric: str = "reward"  # zero spread of: reward (total reward) | correct (verdicts, DAPO's acc)
     logprob_chunk: int = 1024  # tokens per chunk in the memory-lean log-prob kernel
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
     save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
@@ -110,6 +142,7 @@ class Config:
     job: str = "rl"  # rl = RL training | sft = build the embedded base model
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     tiny_base: TinyBaseConfig = field(default_factory=TinyBaseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

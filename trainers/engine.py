@@ -1,29 +1,60 @@
-"""The policy's DeepSpeed engine: the only module that imports DeepSpeed.
+"""DeepSpeed engines for the policy and the critic: the only module that imports DeepSpeed.
 
 Gradients of one optimizer step are accumulated over micro-batches with ``scale_wrt_gas=False``: the caller's
 loss is already each micro-batch's exact share of the global aggregate (see :mod:`trainers.aggregation`), and
 DeepSpeed averages gradients over data-parallel ranks, so each rank's loss is multiplied by the world size.
+
+Under ZeRO-3 parameters are partitioned; :meth:`TrainEngine.iter_hf_weights` gathers them a bucket of modules at a
+time (never the whole model, never ``generate()`` from the engine) for the weight sync and the export.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from trainers.config import Config
+from trainers.weights import buckets, sync_units, unit_tensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def ds_config(cfg: Config, world_size: int, grad_accum: int) -> dict:
-    """The DeepSpeed JSON config for this run, derived from the typed tree (never written by hand)."""
+@dataclass(frozen=True)
+class OptimSpec:
+    lr: float  # AdamW learning rate
+    warmup_steps: int  # linear warm-up in optimizer steps
+    grad_clip: float  # global gradient-norm clip (0 = off)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+def policy_optim(cfg: Config) -> OptimSpec:
+    o = cfg.optim
+    return OptimSpec(o.lr, o.warmup_steps, o.grad_clip, (o.beta1, o.beta2), o.eps, o.weight_decay)
+
+
+def critic_optim(cfg: Config) -> OptimSpec:
+    c, o = cfg.critic, cfg.optim
+    return OptimSpec(c.lr, c.warmup_steps, c.grad_clip, (o.beta1, o.beta2), o.eps, o.weight_decay)
+
+
+def ds_config(cfg: Config, world_size: int, grad_accum: int, grad_clip: float) -> dict:
+    """The DeepSpeed JSON config for one engine, derived from the typed tree (never written by hand)."""
+    d = cfg.deepspeed
+    zero: dict = {"stage": d.zero_stage}
+    if d.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": d.offload_optimizer, "pin_memory": torch.cuda.is_available()}
+    if d.offload_param != "none":
+        zero["offload_param"] = {"device": d.offload_param, "pin_memory": torch.cuda.is_available()}
     out = {
         "train_micro_batch_size_per_gpu": cfg.trainer.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": cfg.trainer.micro_batch_size * grad_accum * world_size,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -35,20 +66,25 @@ def ds_config(cfg: Config, world_size: int, grad_accum: int) -> dict:
     return out
 
 
-class PolicyEngine:
-    """Wraps ``deepspeed.initialize`` around an HF causal LM and a torch AdamW."""
+class TrainEngine:
+    """``deepspeed.initialize`` around a module and a torch AdamW over its trainable parameters."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, world_size: int, grad_accum: int) -> None:
+    def __init__(self, model: torch.nn.Module, optim: OptimSpec, cfg: Config, world_size: int,
+                 grad_accum: int) -> None:
         import deepspeed  # heavy import kept at the edge
 
-        o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
+        opt = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                weight_decay=optim.weight_decay)
+        warm = max(1, optim.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config(cfg, world_size, grad_accum))
+            model=model, optimizer=opt, lr_scheduler=sched,
+            config=ds_config(cfg, world_size, grad_accum, optim.grad_clip))
         self.world_size = world_size
         self.zero_stage = cfg.deepspeed.zero_stage
+        self.bucket_bytes = cfg.deepspeed.sync_bucket_mb * 2**20
+        self.frozen = any(not p.requires_grad for p in model.parameters())
         self._boundary_norm: float | None = None  # stage 0: DeepSpeed clips but does not keep the norm
 
     @property
@@ -78,27 +114,34 @@ class PolicyEngine:
         return float(self.optimizer.param_groups[0]["lr"])
 
     @contextlib.contextmanager
-    def full_params(self) -> Iterator[None]:
-        """Materialise full parameters on every rank (ZeRO-3 gathers; other stages already hold them)."""
+    def gathered(self, params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """Materialise ``params`` on every rank (a collective under ZeRO-3: all ranks must call it together)."""
         if self.zero_stage == 3:
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 yield
         else:
             yield
 
-    def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
-        """Full HF-named tensors for the rollout engine (``state_dict`` so tied weights are included)."""
-        with self.full_params():
-            return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+    def iter_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full tensor) of every weight, LoRA merged, gathering ZeRO-3 partitions one bucket at a time.
+        Every rank must consume the whole iterator (the gathers are collectives)."""
+        for group in buckets(sync_units(self.module), self.bucket_bytes):
+            with self.gathered([p for u in group for p in u.params()]):
+                tensors = [t for u in group for t in unit_tensors(u)]
+            yield from tensors
 
     def save(self, folder: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(folder, tag="deepspeed", client_state=client_state)
+        """DeepSpeed checkpoint; with frozen parameters (LoRA) only the trainable ones and their optimizer state."""
+        self.engine.save_checkpoint(folder, tag="deepspeed", client_state=client_state,
+                                    exclude_frozen_parameters=self.frozen)
 
     def load(self, folder: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(folder, tag="deepspeed")
-        return client_state or {}
+        _, client_state = self.engine.load_checkpoint(folder, tag="deepspeed", load_module_strict=not self.frozen)
+        if client_state is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder}/deepspeed")
+        return client_state
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from kernels import logprobs_from_hidden
+from trainers.models import decoder, lm_head
 
 
 def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
@@ -39,11 +40,11 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
     """
     device = next(model.parameters()).device
     ids, attn, pos = build_inputs(prompt_ids, completion_ids, completion_mask, pad_id)
-    out = model.get_decoder()(input_ids=ids.to(device), attention_mask=attn.to(device))
+    out = decoder(model)(input_ids=ids.to(device), attention_mask=attn.to(device))
     hidden_all = out.last_hidden_state  # [B,L,H]
     hidden = hidden_all.gather(1, pos.to(device)[..., None].expand(-1, -1, hidden_all.shape[-1]))  # [B,T,H]
     mask = completion_mask.to(device)
-    head, rows, ids_flat = model.get_output_embeddings(), hidden[mask], completion_ids.to(device)[mask]
+    head, rows, ids_flat = lm_head(model), hidden[mask], completion_ids.to(device)[mask]
     if through_head_module:
         logp_all = torch.log_softmax(head(rows).float() / temperature, dim=-1)
         lp_flat = logp_all.gather(-1, ids_flat[:, None]).squeeze(-1)
@@ -53,3 +54,14 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, lp_flat)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, ent_flat)
     return logprobs, entropy, hidden.detach()
+
+
+def completion_values(critic: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """-> values [B,T] float32 (0 on padding): ``V_t`` = the critic's value of the state *before* completion token
+    t, read at the same hidden position that scores token t (so GAE's ``V_t`` and the policy's ``logp_t`` align)."""
+    device = next(critic.parameters()).device
+    ids, attn, pos = build_inputs(prompt_ids, completion_ids, completion_mask, pad_id)
+    v_all = critic(ids.to(device), attn.to(device))  # [B,L]
+    v = v_all.gather(1, pos.to(device))
+    return v * completion_mask.to(device)

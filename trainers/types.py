@@ -29,3 +29,10 @@ class LossInput:
 class LossOutput:
     per_token: torch.Tensor  # [B,T] float: loss per token (0 where mask is False)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B,T] per-token stats to aggregate
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: list[dict]  # rows with prompt, answer, uid
+    eval: list[dict]  # held-out rows
+    name: str = "task"  # data set name for eval records

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from trainers.config import DataConfig
-from trainers.rl import TaskData
+from trainers.types import TaskData
 
 REQUIRED = ("prompt", "answer")
 

@@ -13,12 +13,12 @@ def setup(base_model_dir, one_rank):
 
     from recipes.loader import load
     from rollout.vllm_engine import VLLMEngine
-    from trainers.engine import PolicyEngine
+    from trainers.engine import TrainEngine, policy_optim
 
     cfg, _ = load("tiny_grpo", ["optim.lr=3e-3", "optim.grad_clip=0", "trainer.micro_batch_size=1"])
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    policy = PolicyEngine(model, cfg, world_size=1, grad_accum=1)
+    policy = TrainEngine(model, policy_optim(cfg), cfg, world_size=1, grad_accum=1)
     engine = VLLMEngine(base_model_dir, RolloutConfig(max_tokens=64, max_model_len=512,
                                                       kv_cache_memory_bytes=64 * 2**20), seed=0)
     return tok, policy, engine
@@ -50,7 +50,7 @@ def test_greedy_matches_hf_before_and_after_step(setup):
     loss = policy.module(input_ids=seq, labels=labels).loss
     policy.backward(loss)
     policy.step()
-    engine.load_policy(policy.state_dict_for_sync().items(), version=1)
+    engine.load_policy(policy.iter_hf_weights(), version=1)
 
     after = engine.generate([Prompt("p0", ids)], spec).completion_ids[0].tolist()
     assert after == _hf_greedy(policy.module, ids, 40)[:len(after)]

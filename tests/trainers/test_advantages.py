@@ -130,3 +130,45 @@ def test_token_group_per_position_by_hand():
 def test_token_group_without_token_rewards_is_an_error():
     with pytest.raises(ValueError, match="token-level"):
         ADVANTAGE["token_group"](_inp([1, 0], [0, 0]), AlgoConfig())
+
+
+# ------------------------------------------------------------------------------------------------------ GAE
+def _gae(r, v, mask, gamma=1.0, lam=1.0, token_rewards=None):
+    inp = AdvantageInput(rewards=torch.tensor(r, dtype=torch.float32), group_ids=torch.arange(len(r)),
+                         mask=torch.tensor(mask, dtype=torch.bool), values=torch.tensor(v),
+                         token_rewards=None if token_rewards is None else torch.tensor(token_rewards))
+    return ADVANTAGE["gae"](inp, AlgoConfig(gamma=gamma, lam=lam))
+
+
+def test_gae_outcome_reward_gamma_lambda_one_is_return_minus_value():
+    # r on the last token only; gamma = lam = 1 -> A_t = R - V_t
+    adv = _gae([1.0], [[0.5, 0.25, 0.0]], [[1, 1, 1]])
+    assert adv[0].tolist() == pytest.approx([0.5, 0.75, 1.0])
+
+
+def test_gae_by_hand_with_discount_and_padding():
+    # row 0: 2 valid tokens, r = [0, 1], V = [.5, .4], gamma .9, lam .8
+    #   delta_1 = 1 - .4 = .6 ; delta_0 = 0 + .9*.4 - .5 = -.14 ; A_1 = .6 ; A_0 = -.14 + .72*.6 = .292
+    # the padded third position (V = 9, must not leak) gets 0
+    adv = _gae([1.0, 0.0], [[0.5, 0.4, 9.0], [0.0, 0.0, 0.0]], [[1, 1, 0], [1, 1, 1]], gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([0.292, 0.6, 0.0], abs=1e-6)
+    assert adv[1].tolist() == pytest.approx([0.0, 0.0, 0.0])
+
+
+def test_gae_uses_dense_token_rewards_when_given():
+    # token rewards [.1, .2] (e.g. a KL penalty folded in), V = 0, gamma = lam = 1 -> A = suffix sums [.3, .2]
+    adv = _gae([5.0], [[0.0, 0.0]], [[1, 1]], token_rewards=[[0.1, 0.2]])
+    assert adv[0].tolist() == pytest.approx([0.3, 0.2], abs=1e-6)
+
+
+def test_gae_without_values_is_an_error():
+    with pytest.raises(ValueError, match="critic values"):
+        ADVANTAGE["gae"](_inp([1, 0], [0, 0]), AlgoConfig())
+
+
+def test_masked_whiten_by_hand():
+    from trainers.advantages import masked_whiten
+
+    x = torch.tensor([[1.0, 3.0], [5.0, 100.0]])
+    out = masked_whiten(x, torch.tensor([[True, True], [True, False]]), eps=0.0)
+    assert out.flatten().tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0])

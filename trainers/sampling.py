@@ -1,0 +1,165 @@
+"""The sample phase: rollouts from the colocated engine, rewards, and which groups a rank trains on.
+
+Without dynamic sampling a rank trains on exactly the groups it sampled. With it (DAPO, Yu et al. 2025), groups
+whose rewards have zero spread carry no learning signal and are dropped; more prompts are sampled until the rank
+has its quota of groups or ``trainer.max_sample_rounds`` rounds have run, and a shortfall is filled with dropped
+groups (their advantages are 0). With the DECS curriculum (Jiang et al. 2025) a share kappa of the quota goes to
+all-correct groups, which carry the length signal of easy problems.
+
+Rollout transforms (DOT) may shorten completions: the rows' ``completion_mask`` is cut to the tokens kept, so the
+update never trains on tokens the reward did not see.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import torch
+
+import rewards
+from rewards import RewardInput, RewardOutput
+from rewards.decs_curriculum import DECSCurriculum, select
+from rewards.types import concat_outputs, select_output
+from rollout.types import Prompt, RolloutBatch, SamplingSpec, concat_batches, select_rows
+from trainers import distributed
+from trainers.config import Config
+from trainers.data import PromptStream
+from trainers.metrics import Timers
+
+
+@dataclass(frozen=True)
+class Sample:
+    batch: RolloutBatch  # the rows this rank trains on (quota x rollout.n)
+    rewards: RewardOutput  # their rewards, row-aligned with ``batch``
+    stats: dict  # rollout/* and curriculum/* metrics of this step
+    generated_tokens: int  # every token this rank generated this step (dropped groups included)
+
+
+def token_offsets(tokenizer, batch: RolloutBatch) -> list[list[int]]:
+    """Character offset where each completion token starts in its decoded text (special tokens are empty)."""
+    out = []
+    for ids, n in zip(batch.completion_ids.tolist(), batch.num_tokens.tolist()):
+        pieces = tokenizer.batch_decode([[t] for t in ids[:n]], skip_special_tokens=True)
+        starts, pos = [], 0
+        for p in pieces:
+            starts.append(pos)
+            pos += len(p)
+        out.append(starts)
+    return out
+
+
+def apply_kept_tokens(batch: RolloutBatch, out: RewardOutput) -> RolloutBatch:
+    """Cut each row's ``completion_mask`` to the tokens a rollout transform kept (no-op without transforms)."""
+    if out.kept_tokens is None:
+        return batch
+    keep = torch.arange(batch.completion_mask.shape[1])[None, :] < out.kept_tokens[:, None]
+    texts = out.input.completions if out.input is not None else batch.texts
+    return replace(batch, completion_mask=batch.completion_mask & keep, texts=list(texts))
+
+
+class Sampler:
+    """Owns the prompt stream, the stateful reward terms and the curriculum of one rank."""
+
+    def __init__(self, cfg: Config, engine, tokenizer, prompts: list[Prompt], rank: int, world_size: int) -> None:
+        self.cfg, self.engine, self.tokenizer = cfg, engine, tokenizer
+        self.quota = cfg.trainer.prompts_per_step // world_size
+        self.stream = PromptStream(prompts, cfg.run.seed, rank, world_size)
+        self.reward_cfg = _with_defaults(cfg)
+        self.states = rewards.make_states(cfg.reward)
+        self.curriculum = DECSCurriculum(cfg.reward) if cfg.reward.decs_curriculum.enabled else None
+        self.needs_offsets = rewards.needs_token_offsets(cfg.reward)
+        self.rng = random.Random(cfg.run.seed * 7_901 + rank)
+
+    # ------------------------------------------------------------------ phases
+    def sample(self, step: int, timers: Timers) -> Sample:
+        t = self.cfg.trainer
+        rounds, generated, kept, dropped, observed = 0, 0, [], [], []
+        while True:
+            with timers("rollout"):
+                batch = self.rollout(step, rounds)
+            generated += int(batch.num_tokens.sum())
+            with timers("reward"):
+                out = self.reward(batch)
+            rounds += 1
+            if self.curriculum is not None:
+                observed.append(self.curriculum.observe(out.input))
+            if not t.dynamic_sampling:
+                self._apply_curriculum(observed)
+                return Sample(apply_kept_tokens(batch, out), out, {}, generated)
+            score = out.total if t.dynamic_sampling_metric == "reward" else out.correct.to(torch.float32)
+            for g in range(len(batch.prompts)):
+                rows = (batch.prompt_index == g).nonzero().flatten()
+                (kept if score[rows].std() > 0 else dropped).append((batch, out, rows))
+            if len(kept) >= self.quota or rounds >= t.max_sample_rounds:
+                break
+        chosen, stats = self._choose(kept, dropped)
+        stats |= {"rollout/sample_rounds": rounds, "rollout/kept_group_frac": len(kept) / (len(kept) + len(dropped))}
+        self._apply_curriculum(observed)
+        batch = concat_batches([select_rows(b, rows) for b, _, rows in chosen])
+        out = concat_outputs([select_output(o, rows) for _, o, rows in chosen])
+        return Sample(apply_kept_tokens(batch, out), out, stats, generated)
+
+    def rollout(self, step: int, round_: int = 0) -> RolloutBatch:
+        r = self.cfg.rollout
+        prompts = self.stream.take(self.quota)
+        spec = SamplingSpec(n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                            seed=(self.cfg.run.seed * 7_919 + step + 1) * 31 + round_)
+        return self.engine.generate(prompts, spec)
+
+    def reward(self, batch: RolloutBatch) -> RewardOutput:
+        """Rewards from the state before this batch; then every rank's state update is applied on every rank."""
+        offsets = token_offsets(self.tokenizer, batch) if self.needs_offsets else None
+        inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
+                          group_ids=batch.group_ids, meta=batch.meta, token_offsets=offsets,
+                          max_tokens=self.cfg.rollout.max_tokens)
+        out = rewards.compute(inp, self.reward_cfg, self.states)
+        if self.states:
+            local = rewards.observe(out.input, self.states)
+            rewards.apply(self.states, distributed.gather_objects(local))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _choose(self, kept: list, dropped: list) -> tuple[list, dict]:
+        """Kept groups up to the quota, a curriculum share of all-correct dropped groups, then dropped fillers."""
+        easy_ids, stats = [], {}
+        if self.curriculum is not None:
+            easy = [d for d in dropped if bool(d[1].correct[d[2]].all())]
+            picks = select(list(range(len(easy))), min(len(kept), self.quota), self.curriculum.kappa, self.rng)
+            easy_ids = [easy[i] for i in picks][: self.quota]
+            stats = {"curriculum/kappa": self.curriculum.kappa, "curriculum/easy_groups": len(easy_ids)}
+        rest = kept[: self.quota - len(easy_ids)]
+        fillers = [d for d in dropped if all(d is not e for e in easy_ids)]
+        chosen = (easy_ids + rest + fillers)[: self.quota]
+        stats["rollout/filled_groups"] = max(0, self.quota - len(easy_ids) - len(rest))
+        return chosen, stats
+
+    def _apply_curriculum(self, observed: list) -> None:
+        """One curriculum update per step from every round of every rank."""
+        if self.curriculum is not None:
+            self.curriculum.apply([u for part in distributed.gather_objects(observed) for u in part])
+
+    def state_dict(self) -> dict:
+        return {"stream": self.stream.state_dict(), "rewards": {k: v.state_dict() for k, v in self.states.items()},
+                "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None,
+                "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
+        for name, st in self.states.items():
+            st.load_state_dict(state["rewards"][name])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
+        self.rng.setstate(_as_rng_state(state["rng"]))
+
+
+def _as_rng_state(s):
+    """``random.Random.getstate()`` after a JSON round trip (lists instead of tuples)."""
+    return (s[0], tuple(s[1]), s[2]) if isinstance(s, list) else s
+
+
+def _with_defaults(cfg: Config):
+    """The reward config with run-dependent defaults filled (DECS's L_max = the completion cap)."""
+    r = cfg.reward
+    if r.decs.max_len <= 0:
+        r = replace(r, decs=replace(r.decs, max_len=cfg.rollout.max_tokens))
+    return r

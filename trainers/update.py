@@ -1,0 +1,164 @@
+"""Steps 4-5 of the RL step: the trainer's forward pass over the rollouts, then the policy (and critic) updates.
+
+**Forward** (no grad, only what the configuration needs):
+- ``old_logprobs``: the trainer's log-probs of the sampling policy; needed when the update is off-policy
+  (several epochs or mini-batches), when the KL goes into the reward, or for sampler-mismatch correction. Otherwise
+  the first update's own forward provides them (ratio 1 at the start of an on-policy update) and none is run here.
+- ``ref_logprobs``: the frozen reference's, when ``algo.kl_coef > 0`` (skipped entirely at 0).
+- ``values``: the critic's, for GAE.
+- ``is_weights``: the sampler-mismatch importance weights ``pi_trainer / pi_vllm`` (truncated or masked).
+
+**Update**, per mini-batch (one optimizer step) and micro-batch (one forward/backward):
+
+    loss_t = w_t * PPO-clip(logp_t, old_t, A_t) + beta * KL(logp_t, ref_t)      (KL here unless it is in the reward)
+    loss   = aggregate(loss, kept tokens, mode, global counts)
+
+and, with a critic, the clipped value loss against the returns. The update knows no algorithm: advantages and
+returns arrive finished.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainers import distributed
+from trainers.aggregation import GlobalCounts, aggregate, local_counts
+from trainers.config import Config
+from trainers.logprobs import completion_logprobs, completion_values
+from trainers.losses import KL, LOSS, SAMPLER_CORRECTION, ISWeights, clipped_value_loss
+from trainers.types import LossInput
+
+
+@dataclass(frozen=True)
+class Forward:
+    old_logprobs: torch.Tensor | None  # [B,T] trainer log-probs of the sampled tokens before the update
+    ref_logprobs: torch.Tensor | None  # [B,T] frozen reference log-probs
+    values: torch.Tensor | None  # [B,T] critic values V_t at rollout time
+    is_weights: ISWeights | None  # [B,T] sampler-mismatch weights and kept tokens
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The update's view of a rollout batch (all tensors on CPU, row-aligned)."""
+
+    prompt_ids: list[list[int]]  # [B] prompt tokens of each row
+    completion_ids: torch.Tensor  # [B,T]
+    mask: torch.Tensor  # [B,T] bool
+    sampler_logprobs: torch.Tensor | None  # [B,T]
+
+    def slice(self, sl: slice) -> "Rows":
+        lp = self.sampler_logprobs[sl] if self.sampler_logprobs is not None else None
+        return Rows(self.prompt_ids[sl], self.completion_ids[sl], self.mask[sl], lp)
+
+
+SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm", "sampler_kl", "mismatch_ratio",
+            "ref_kl", "vf_loss", "vf_clip_frac", "critic_grad_norm")
+
+
+class Updater:
+    def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None) -> None:
+        self.cfg, self.policy, self.critic, self.reference, self.pad_id = cfg, policy, critic, reference, pad_id
+        a, t = cfg.algo, cfg.trainer
+        self.on_policy = t.epochs * t.mini_batches == 1
+        self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
+
+    # ------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def forward(self, rows: Rows, timers) -> Forward:
+        self.policy.module.eval()
+        old = self._map(rows, lambda r: self._logprobs(self.policy.module, r)[0]) if self.needs_old else None
+        ref = None
+        if self.reference is not None:
+            with timers("ref"), self.reference.module() as ref_model:
+                ref = self._map(rows, lambda r: self._logprobs(ref_model, r)[0])
+        values = None
+        if self.critic is not None:
+            values = self._map(rows, lambda r: completion_values(self.critic.module, r.prompt_ids, r.completion_ids,
+                                                                 r.mask, self.pad_id))
+        isw = None
+        if self.cfg.algo.sampler_correction != "none" and rows.sampler_logprobs is not None:
+            isw = SAMPLER_CORRECTION.get_or_raise(self.cfg.algo.sampler_correction, "algo.sampler_correction")(
+                old, rows.sampler_logprobs, rows.mask, self.cfg.algo.sampler_is_cap)
+        return Forward(old, ref, values, isw)
+
+    def _logprobs(self, model, r: Rows):
+        return completion_logprobs(model, r.prompt_ids, r.completion_ids, r.mask, self.pad_id,
+                                   self.cfg.rollout.temperature, self.cfg.trainer.logprob_chunk,
+                                   self.policy.zero_stage == 3)
+
+    def _map(self, rows: Rows, fn) -> torch.Tensor:
+        """fn over micro-batches of rows, concatenated into [B,T] on CPU."""
+        mb, width = self.cfg.trainer.micro_batch_size, rows.completion_ids.shape[1]
+        parts = [fn(rows.slice(slice(s, s + mb))).float().cpu() for s in range(0, len(rows.prompt_ids), mb)]
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], 0)
+
+    # ------------------------------------------------------------------ update
+    def update(self, rows: Rows, adv: torch.Tensor, returns: torch.Tensor | None, fwd: Forward) -> dict[str, float]:
+        """All epochs and mini-batches; returns this rank's metric sums (SUM_KEYS)."""
+        t, a = self.cfg.trainer, self.cfg.algo
+        self.policy.module.train()
+        n = len(rows.prompt_ids)
+        mb_size = n // t.mini_batches
+        keep = fwd.is_weights.keep if fwd.is_weights is not None else rows.mask
+        sums = dict.fromkeys(SUM_KEYS, 0.0)
+        for _ in range(t.epochs):
+            for m0 in range(0, n, mb_size):
+                counts = distributed.all_sum(local_counts(keep[m0:m0 + mb_size]))
+                g = GlobalCounts(float(counts[0]), float(counts[1]), float(a.norm_length or self.cfg.rollout.max_tokens))
+                for s in range(m0, m0 + mb_size, t.micro_batch_size):
+                    sl = slice(s, s + t.micro_batch_size)
+                    self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums)
+                    if self.critic is not None:
+                        self._critic_micro(rows.slice(sl), returns[sl], fwd.values[sl], g, sums)
+                sums["grad_norm"] += self.policy.grad_norm()
+                if self.critic is not None:
+                    sums["critic_grad_norm"] += self.critic.grad_norm()
+        return sums
+
+    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice, g: GlobalCounts, sums: dict) -> None:
+        a = self.cfg.algo
+        lp, ent, _ = self._logprobs(self.policy.module, r)
+        dev = lp.device
+        mask = r.mask.to(dev)
+        old = fwd.old_logprobs[sl].to(dev) if fwd.old_logprobs is not None else lp.detach()
+        isw = _slice_is(fwd.is_weights, sl, dev) if fwd.is_weights is not None else ISWeights(torch.ones_like(lp), mask)
+        out = LOSS.get_or_raise(a.loss, "algo.loss")(LossInput(logprobs=lp, old_logprobs=old, advantages=adv.to(dev),
+                                                               mask=mask), a)
+        per_token = out.per_token * isw.weights
+        ref_kl = None
+        if fwd.ref_logprobs is not None:
+            ref_kl = KL.get_or_raise(a.kl_estimator, "algo.kl_estimator")(lp, fwd.ref_logprobs[sl].to(dev)) * mask
+            if not a.kl_in_reward:
+                per_token = per_token + a.kl_coef * ref_kl
+        loss = aggregate(per_token, isw.keep, a.aggregation, g)
+        self.policy.backward(loss)
+        self.policy.step()
+        mf = mask.to(torch.float32)
+        sums["loss"] += float(loss.detach())
+        sums["entropy"] += float((ent.detach() * mf).sum())
+        sums["clip_frac"] += float(out.metrics["clip_frac"].sum())
+        sums["tokens"] += float(mf.sum())
+        sums["kept_tokens"] += float(isw.keep.sum())
+        if ref_kl is not None:
+            sums["ref_kl"] += float(ref_kl.detach().sum())
+        if r.sampler_logprobs is not None:
+            sampler = r.sampler_logprobs.to(dev)
+            sums["sampler_kl"] += float((KL["k3"](sampler, old) * mf).sum())  # KL(vLLM || trainer), k3 estimate
+            sums["mismatch_ratio"] += float((torch.exp((old - sampler).clamp(-20, 20)) * mf).sum())
+
+    def _critic_micro(self, r: Rows, returns: torch.Tensor, old_values: torch.Tensor, g: GlobalCounts,
+                      sums: dict) -> None:
+        self.critic.module.train()
+        v = completion_values(self.critic.module, r.prompt_ids, r.completion_ids, r.mask, self.pad_id)
+        dev = v.device
+        out = clipped_value_loss(v, old_values.to(dev), returns.to(dev), r.mask.to(dev), self.cfg.critic.value_clip)
+        loss = aggregate(out.per_token, r.mask.to(dev), self.cfg.algo.aggregation, g)
+        self.critic.backward(loss)
+        self.critic.step()
+        sums["vf_loss"] += float(loss.detach())
+        sums["vf_clip_frac"] += float(out.metrics["vf_clip_frac"].sum())
+
+
+def _slice_is(w: ISWeights, sl: slice, device) -> ISWeights:
+    return ISWeights(w.weights[sl].to(device), w.keep[sl].to(device))
