@@ -13,7 +13,8 @@ gradients included (``dW`` is [V,H] in both variants). Time: one process per voc
 the same inputs for ``repeats`` rounds after a warm-up round (so a noisy neighbour slows both alike); medians.
 
 Default sizes fit a 2-core / 24 GiB CPU: N=1024, H=512 in fp32 is ~0.6 GiB per [N,V] tensor at V=150k, so the naive
-variant peaks near 3 GiB there (measured 2.9 GiB). Targets from the issue: chunked uses >= 4x less peak memory at <= 1.2x the time.
+variant peaks near 3 GiB there (measured 2.9 GiB). Targets from the issue: chunked uses >= 4x less peak memory
+at <= 1.2x the time.
 
 Measured on the 2-core CPU (default chunk 128, another job on one core), chunked vs naive:
 H=512:  V=32k 5.6x less memory, 0.98x time; V=150k 6.4x less, 0.94x time (targets met).
