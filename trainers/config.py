@@ -113,10 +113,13 @@ class TrainerConfig:
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero spread, sample more until full
     max_sample_rounds: int = 3  # dynamic sampling: generation rounds per step before filling with dropped groups
     dynamic_sampling_metric: str = "reward"  # zero spread of: reward (total reward) | correct (verdicts, DAPO's acc)
-    logprob_chunk: int = 1024  # tokens per chunk in the memory-lean log-prob kernel
+    logprob_chunk: int = 0  # tokens per chunk in the memory-lean log-prob kernel; 0 = the kernel's per-device default
+    logprob_backend: str = "auto"  # log-prob kernel: auto (Triton on CUDA when installed, else torch) | torch | triton
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
     save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
     keep_last: int = 2  # checkpoints kept on disk
+    sync_check_every: int = 0  # every N weight syncs, verify vLLM's greedy output is the trainer's argmax; 0 = off
+    sync_check_prompts: int = 2  # held-out prompts decoded greedily by the sync check
 
 
 @dataclass
@@ -169,6 +172,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("algo.aggregation", a.aggregation, AGGREGATIONS)
     _one_of("algo.whiten", a.whiten, ("token", "sequence"))
     _one_of("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
+    _one_of("deepspeed.offload_optimizer", cfg.deepspeed.offload_optimizer, ("none", "cpu"))
+    _one_of("deepspeed.offload_param", cfg.deepspeed.offload_param, ("none", "cpu"))
+    _one_of("trainer.logprob_backend", t.logprob_backend, ("auto", "torch", "triton"))
+    _one_of("trainer.dynamic_sampling_metric", t.dynamic_sampling_metric, ("reward", "correct"))
     _one_of("deepspeed.backend", cfg.deepspeed.backend, ("auto", "gloo", "nccl"))
     _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     _one_of("logging.wandb_mode", cfg.logging.wandb_mode, ("auto", "online", "offline"))
@@ -200,6 +207,43 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"algo.clip_low={a.clip_low} must be in [0,1) and algo.clip_high={a.clip_high} >= 0")
     if a.advantage == "grpo" and r.n < 2:
         raise ValueError("algo.advantage=grpo needs rollout.n >= 2 (group statistics of one sample are undefined)")
+    _validate_trainer_depth(cfg)
+
+
+def _validate_trainer_depth(cfg: Config) -> None:
+    """Rules of the PPO / KL / mismatch-correction / LoRA / ZeRO options."""
+    from trainers.losses import KL, SAMPLER_CORRECTION
+
+    a, d = cfg.algo, cfg.deepspeed
+    _one_of("algo.kl_estimator", a.kl_estimator, KL)
+    _one_of("algo.sampler_correction", a.sampler_correction, SAMPLER_CORRECTION)
+    if a.kl_coef < 0:
+        raise ValueError(f"algo.kl_coef={a.kl_coef} must be >= 0")
+    if a.kl_in_reward and a.kl_coef == 0:
+        raise ValueError("algo.kl_in_reward=true needs algo.kl_coef > 0 (there is no KL penalty to put in the reward)")
+    if a.sampler_correction != "none" and not cfg.rollout.logprobs:
+        raise ValueError(f"algo.sampler_correction={a.sampler_correction!r} needs rollout.logprobs=true "
+                         "(the sampler's log-probs are the importance ratio's denominator)")
+    if a.sampler_is_cap <= 1:
+        raise ValueError(f"algo.sampler_is_cap={a.sampler_is_cap} must be > 1")
+    if not (0 <= a.gamma <= 1 and 0 <= a.lam <= 1):
+        raise ValueError(f"algo.gamma={a.gamma} and algo.lam={a.lam} must lie in [0, 1]")
+    if d.offload_param != "none" and d.zero_stage != 3:
+        raise ValueError(f"deepspeed.offload_param={d.offload_param!r} needs deepspeed.zero_stage=3 (only ZeRO-3 "
+                         f"partitions parameters), got zero_stage={d.zero_stage}")
+    if d.offload_optimizer != "none" and d.zero_stage == 0:
+        raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1 (ZeRO owns the optimizer state)")
+    if cfg.model.lora.rank < 0:
+        raise ValueError(f"model.lora.rank={cfg.model.lora.rank} must be >= 0 (0 = full fine-tuning)")
+    if cfg.model.lora.rank > 0 and not cfg.model.lora.target_modules:
+        raise ValueError("model.lora.rank > 0 needs model.lora.target_modules (e.g. [q_proj, v_proj])")
+    if cfg.trainer.logprob_backend == "triton":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("trainer.logprob_backend=triton needs a CUDA GPU; use auto or torch on CPU")
+    if cfg.critic.value_clip <= 0:
+        raise ValueError(f"critic.value_clip={cfg.critic.value_clip} must be > 0")
 
 
 def _one_of(name: str, value, allowed) -> None:
@@ -212,7 +256,7 @@ def _positive(t: TrainerConfig, r: RolloutConfig) -> None:
                     ("trainer.mini_batches", t.mini_batches), ("trainer.epochs", t.epochs),
                     ("trainer.micro_batch_size", t.micro_batch_size), ("rollout.n", r.n),
                     ("trainer.max_sample_rounds", t.max_sample_rounds),
-                    ("rollout.max_tokens", r.max_tokens), ("trainer.logprob_chunk", t.logprob_chunk)):
+                    ("rollout.max_tokens", r.max_tokens)):
         if v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
     if r.temperature <= 0:

@@ -31,8 +31,9 @@ def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, comp
 
 
 def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, pad_id: int, temperature: float, chunk: int,
-                        through_head_module: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        completion_mask: torch.Tensor, pad_id: int, temperature: float, chunk: int = 0,
+                        through_head_module: bool = False,
+                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> logprobs [B,T], entropy [B,T] (0 on padding), hidden [B,T,H] (detached features for the drafter).
 
     ``through_head_module`` calls the LM head as a module (so ZeRO-3's gather hooks run) and scores its
@@ -50,7 +51,8 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
         lp_flat = logp_all.gather(-1, ids_flat[:, None]).squeeze(-1)
         ent_flat = -(logp_all.exp() * logp_all).sum(-1)
     else:
-        lp_flat, ent_flat = logprobs_from_hidden(rows, head.weight, ids_flat, temperature=temperature, chunk=chunk)
+        lp_flat, ent_flat = logprobs_from_hidden(rows, head.weight, ids_flat, temperature=temperature,
+                                                 chunk=chunk or None, backend=backend)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, lp_flat)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, ent_flat)
     return logprobs, entropy, hidden.detach()
@@ -65,3 +67,22 @@ def completion_values(critic: torch.nn.Module, prompt_ids: list[list[int]], comp
     v_all = critic(ids.to(device), attn.to(device))  # [B,L]
     v = v_all.gather(1, pos.to(device))
     return v * completion_mask.to(device)
+
+
+@torch.no_grad()
+def greedy_agreement(model: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                     completion_mask: torch.Tensor, pad_id: int,
+                     tie_tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced check of a greedy completion against ``model``: -> (is_argmax [N] bool, logprob [N]) over the
+    valid completion tokens (a token within ``tie_tol`` nats of the maximum counts as argmax: two kernels may break a
+    near-tie differently). Every token being the model's argmax is exactly "the model's greedy decoding produces
+    this completion", without calling ``generate`` (which ZeRO-3-partitioned modules must not). The LM head runs
+    as a module, so ZeRO-3's gather hooks fire; meant for a few probe rows (it holds their [N,V] logits)."""
+    device = next(model.parameters()).device
+    ids, attn, pos = build_inputs(prompt_ids, completion_ids, completion_mask, pad_id)
+    hidden_all = decoder(model)(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+    hidden = hidden_all.gather(1, pos.to(device)[..., None].expand(-1, -1, hidden_all.shape[-1]))
+    mask = completion_mask.to(device)
+    logp = torch.log_softmax(lm_head(model)(hidden[mask]).float(), dim=-1)  # [N,V]
+    chosen = logp.gather(-1, completion_ids.to(device)[mask][:, None]).squeeze(-1)
+    return chosen >= logp.max(-1).values - tie_tol, chosen

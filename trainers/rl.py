@@ -80,6 +80,7 @@ class Trainer:
                                json.loads(json.dumps(asdict(cfg), default=str)), enabled=self.d.is_main)
         self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
         self.evals: list[dict] = []
+        self.sync_stats: dict = {}
         self.maybe_resume()
 
     @property
@@ -100,7 +101,7 @@ class Trainer:
                 sums = self.updater.update(rows, adv, returns, fwd)
             with timers("sync"):
                 self.sync_phase()
-        return self.log_phase(step, sample, sums, timers) | sample.stats
+        return self.log_phase(step, sample, sums, timers) | sample.stats | self.sync_stats
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput,
                         fwd: Forward) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,6 +123,33 @@ class Trainer:
     def sync_phase(self) -> None:
         self.version += 1
         self.rollout.load_policy(self.policy.iter_hf_weights(), self.version)
+        every = self.cfg.trainer.sync_check_every
+        if every and self.version % every == 0:
+            self.sync_stats = self.check_sync()
+
+    def check_sync(self) -> dict:
+        """The engine must now decode exactly like the trainer: vLLM's greedy completion of a few held-out prompts
+        has to be the trainer's argmax at every token (teacher-forced, so it also works under ZeRO-3) and its
+        log-probs have to match. A mismatch raises: training on a stale or garbled engine is never silent."""
+        from rollout.types import SamplingSpec
+        from trainers.logprobs import greedy_agreement
+
+        probes = self.eval_prompts[: self.cfg.trainer.sync_check_prompts]
+        batch = self.rollout.generate(probes, SamplingSpec(n=1, max_tokens=min(64, self.cfg.rollout.max_tokens),
+                                                           temperature=0.0))
+        r = _rows(batch)
+        was_training = self.policy.module.training
+        self.policy.module.eval()
+        ok, lp = greedy_agreement(self.policy.module, r.prompt_ids, r.completion_ids, r.mask, self.pad_id)
+        self.policy.module.train(was_training)
+        out = {"sync/greedy_match": float(ok.float().mean())}
+        if batch.sampler_logprobs is not None:
+            out["sync/logprob_max_diff"] = float((lp.cpu() - batch.sampler_logprobs[r.mask]).abs().max())
+        if not bool(ok.all()):
+            raise RuntimeError(f"weight sync check failed at policy version {self.version} on rank {self.d.rank}: "
+                               f"vLLM's greedy token is not the trainer's argmax at {int((~ok).sum())} of {ok.numel()} "
+                               f"positions ({out})")
+        return out
 
     def log_phase(self, step: int, sample, sums: dict, timers: Timers) -> dict:
         batch, rewards = sample.batch, sample.rewards

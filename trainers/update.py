@@ -85,7 +85,7 @@ class Updater:
     def _logprobs(self, model, r: Rows):
         return completion_logprobs(model, r.prompt_ids, r.completion_ids, r.mask, self.pad_id,
                                    self.cfg.rollout.temperature, self.cfg.trainer.logprob_chunk,
-                                   self.policy.zero_stage == 3)
+                                   self.policy.zero_stage == 3, self.cfg.trainer.logprob_backend)
 
     def _map(self, rows: Rows, fn) -> torch.Tensor:
         """fn over micro-batches of rows, concatenated into [B,T] on CPU."""

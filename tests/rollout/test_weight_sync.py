@@ -50,12 +50,24 @@ def test_greedy_matches_hf_before_and_after_step(setup):
     loss = policy.module(input_ids=seq, labels=labels).loss
     policy.backward(loss)
     policy.step()
+    # the engine still holds the old weights: the teacher-forced sync check must catch it
+    stale = _agreement(policy.module, ids, before)
+    assert not stale.all()
     engine.load_policy(policy.iter_hf_weights(), version=1)
 
     after = engine.generate([Prompt("p0", ids)], spec).completion_ids[0].tolist()
     assert after == _hf_greedy(policy.module, ids, 40)[:len(after)]
     assert after != before
     assert engine.policy_version == 1
+    assert _agreement(policy.module, ids, after).all()
+
+
+def _agreement(model, ids, completion):
+    from trainers.logprobs import greedy_agreement
+
+    comp = torch.tensor([completion])
+    ok, _ = greedy_agreement(model, [ids], comp, torch.ones_like(comp, dtype=torch.bool), 0)
+    return ok
 
 
 def test_sampler_logprobs_match_trainer(setup):

@@ -28,6 +28,6 @@ def test_resumed_hapo_run_equals_uninterrupted(base_model_dir, tmp_path, launch)
     for x, y in zip(a, b):
         for key in ("reward/mean", "reward/hapo", "len/mean", "acc/mean", "train/loss", "train/grad_norm"):
             assert x[key] == y[key], (x["step"], key)
-    ha = json.loads((full / "checkpoints" / "step_4" / "trainer_state.json").read_text())["reward_states"]["hapo"]
-    hb = json.loads((part / "checkpoints" / "step_4" / "trainer_state.json").read_text())["reward_states"]["hapo"]
+    ha = json.loads((full / "checkpoints" / "step_4" / "trainer_state.json").read_text())["samplers"][0]["rewards"]["hapo"]
+    hb = json.loads((part / "checkpoints" / "step_4" / "trainer_state.json").read_text())["samplers"][0]["rewards"]["hapo"]
     assert ha == hb and len(ha["h"]) > 0  # the base model answers some problems correctly: history is non-empty

@@ -1,0 +1,82 @@
+"""The weights the rollout engine and the export receive: LoRA merged on the fly like peft's own merge (without
+touching the trainer's copy), and ZeRO-3 partitions gathered bucket by bucket into exactly the full state dict."""
+import copy
+
+import pytest
+import torch
+
+from trainers.config import LoraConfig
+from trainers.weights import buckets, sync_units, unit_tensors
+
+
+def _tiny_llama(seed=0, tie=False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tie))
+
+
+def _all(module):
+    return {k: v for u in sync_units(module) for k, v in unit_tensors(u)}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_plain_model_units_reproduce_state_dict(tie):
+    model = _tiny_llama(tie=tie)
+    got, want = _all(model), model.state_dict()
+    assert set(got) == set(want)  # tied lm_head.weight included, as vLLM needs it
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+
+
+def test_lora_units_equal_peft_merge_and_leave_trainer_copy_unmerged():
+    from trainers.models import with_lora
+
+    model = with_lora(_tiny_llama(), LoraConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():  # peft starts with B = 0 (no change); make the adapters matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    got = _all(model)
+    want = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert set(got) == set(want) and not any("lora" in k or "base_layer" in k for k in got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(got[q], before[f"base_model.model.{q[:-len('weight')]}base_layer.weight"])
+    for n, p in model.named_parameters():  # the trainer's weights are untouched
+        assert torch.equal(p, before[n]), n
+
+
+def test_lora_with_no_matching_target_names_the_modules():
+    from trainers.models import with_lora
+
+    with pytest.raises(ValueError, match="match no module.*q_proj"):
+        with_lora(_tiny_llama(), LoraConfig(rank=4, target_modules=["query", "value"]))
+
+
+def test_buckets_respect_size_and_keep_order():
+    units = sync_units(_tiny_llama())
+    groups = list(buckets(units, bucket_bytes=8192))
+    assert [u.name for g in groups for u in g] == [u.name for u in units]
+    assert len(groups) > 3
+    assert all(sum(u.nbytes() for u in g) <= 8192 or len(g) == 1 for g in groups)
+
+
+def test_zero3_engine_gathers_buckets_into_the_full_state_dict(one_rank):
+    from recipes.loader import load
+    from trainers.engine import TrainEngine, policy_optim
+
+    cfg, _ = load("tiny_grpo", ["deepspeed.zero_stage=3", "trainer.micro_batch_size=1"])
+    model = _tiny_llama(seed=3)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = TrainEngine(model, policy_optim(cfg), cfg, world_size=1, grad_accum=1)
+    assert all(p.numel() == 0 for p in engine.module.parameters())  # really partitioned
+    engine.bucket_bytes = 16384  # many buckets
+    got = dict(engine.iter_hf_weights())
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    assert all(p.numel() == 0 for p in engine.module.parameters())  # released again
