@@ -1,7 +1,7 @@
 """Rollout slice of the config: how the colocated vLLM engine is built and how it samples."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,3 +18,6 @@ class RolloutConfig:
     enable_prefix_caching: bool = True  # reuse the prompt's KV across the n samples of a group
     dtype: str = "float32"  # engine dtype; must match what the trainer computes logprobs in to keep them comparable
     logprobs: bool = True  # return the sampler's log-prob of every sampled token (for importance correction / checks)
+    spec_adaptive: bool = True  # with a drafter: choose K per batch size from measured goodput (0 = no speculation)
+    spec_buckets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])  # batch-size buckets
+    spec_explore_every: int = 8  # adaptive: every N-th step of a bucket tries another K

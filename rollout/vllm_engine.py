@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from dataclasses import replace
 from typing import Iterable
 
 import torch
 
+from drafters.types import DrafterExport
 from rollout.config import RolloutConfig
 from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats
 
@@ -32,20 +34,36 @@ def request_seed(base: int, uid: str, sample_idx: int) -> int:
 class VLLMEngine:
     """Generates groups of completions and takes new policy weights without restarting."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0) -> None:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, drafter: DrafterExport | None = None) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         t0 = time.perf_counter()
         from vllm import LLM  # heavy import kept at the edge
 
-        self.cfg = cfg
-        self.llm = LLM(**self._engine_kwargs(model_path, cfg, seed))
+        self.cfg, self.drafter = cfg, drafter
+        self.llm = LLM(**self._engine_kwargs(model_path, cfg, seed, drafter))
         self.tokenizer = self.llm.get_tokenizer()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.policy_version = 0
+        self.controller = self.meter = None
+        self.lossless = "no speculation"
+        if drafter is not None:
+            self._start_speculation(drafter)
         self.start_s = time.perf_counter() - t0
 
+    def _start_speculation(self, drafter: DrafterExport) -> None:
+        """Lossless guard, then the goodput controller and the step meter that applies its choices."""
+        from rollout.speculative import SpecController, StepMeter, ensure_lossless
+
+        self.lossless = ensure_lossless()
+        k = drafter.num_speculative_tokens
+        self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
+                                         self.cfg.spec_adaptive else 0)
+        if self.lossless == "broken" and self.cfg.temperature > 0:
+            self.controller.forced_off = True  # speculative sampling would be off-distribution: never use it
+        self.meter = StepMeter(self.llm, self.controller)
+
     @staticmethod
-    def _engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int) -> dict:
+    def _engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, drafter: DrafterExport | None = None) -> dict:
         kwargs = dict(
             model=model_path,
             tokenizer=model_path,
@@ -67,6 +85,14 @@ class VLLMEngine:
             kwargs["enable_chunked_prefill"] = False
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             kwargs["distributed_executor_backend"] = "external_launcher"  # share the trainer's process group
+        if drafter is not None:
+            k = drafter.num_speculative_tokens
+            kwargs["speculative_config"] = {
+                "method": drafter.method, "model": drafter.path, "num_speculative_tokens": k,
+                "draft_sample_method": "probabilistic",  # greedy drafting caps acceptance at T=1 near E[max p]
+                "num_speculative_tokens_per_batch_size": [(1, 1 << 20, k)],  # per-step K (the controller sets it)
+            }
+            kwargs["disable_log_stats"] = False  # acceptance counters
         return kwargs
 
     def generate(self, prompts: list[Prompt], spec: SamplingSpec) -> RolloutBatch:
@@ -83,8 +109,24 @@ class VLLMEngine:
                     seed=request_seed(spec.seed, p.uid, j), logprobs=0 if self.cfg.logprobs else None,
                 ))
                 index.append(i)
+        before = self._spec_counters()
         outs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
-        return self._to_batch(prompts, outs, index)
+        return replace(self._to_batch(prompts, outs, index), spec=self._spec_delta(before))
+
+    def _spec_counters(self) -> tuple[int, ...]:
+        """(drafts, draft tokens, accepted tokens, engine steps, speculative steps), cumulative."""
+        if self.meter is None:
+            return (0, 0, 0, 0, 0)
+        m = {x.name: getattr(x, "value", 0) or 0 for x in self.llm.get_metrics() if x.name.startswith("vllm:spec")}
+        return (int(m.get("vllm:spec_decode_num_drafts", 0)), int(m.get("vllm:spec_decode_num_draft_tokens", 0)),
+                int(m.get("vllm:spec_decode_num_accepted_tokens", 0)), self.meter.steps, self.meter.spec_steps)
+
+    def _spec_delta(self, before: tuple[int, ...]) -> SpecStats:
+        if self.meter is None:
+            return SpecStats()
+        d = [a - b for a, b in zip(self._spec_counters(), before)]
+        return SpecStats(enabled_frac=d[4] / d[3] if d[3] else 0.0, drafts=d[0], draft_tokens=d[1],
+                         accepted_tokens=d[2])
 
     def _to_batch(self, prompts: list[Prompt], outs: list, index: list[int]) -> RolloutBatch:
         comps = [o.outputs[0] for o in outs]
@@ -109,10 +151,31 @@ class VLLMEngine:
     def load_policy(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Push the trainer's weights (HF names, full tensors) into the live engine.
 
-        Send ``state_dict()`` items rather than ``named_parameters()`` so tied weights such as ``lm_head`` arrive.
+        Send ``state_dict()``-style items rather than ``named_parameters()`` so tied weights such as ``lm_head``
+        arrive. Under the in-process engine the iterator is consumed lazily (one ZeRO-3 bucket in memory at a time).
         """
-        weights = [(name, t.detach().to(torch.float32 if self.cfg.dtype == "float32" else t.dtype).contiguous())
-                   for name, t in named_tensors]
+        dtype = getattr(torch, self.cfg.dtype)
+        # a generator: vLLM's in-place reload consumes it tensor by tensor, so bucketed ZeRO-3 gathers stream through
+        weights = ((name, t.detach().to(dtype).contiguous()) for name, t in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
         self.policy_version = version
+
+    def load_drafter(self, export: DrafterExport) -> None:
+        """Hot-swap new drafter weights (same method and shape as the engine was built with) into the live engine."""
+        from rollout.speculative import reload_drafter
+
+        if self.drafter is None:
+            raise RuntimeError("this engine was built without a drafter: pass one to VLLMEngine(drafter=...)")
+        if export.method != self.drafter.method:
+            raise ValueError(f"drafter method {export.method!r} differs from the engine's {self.drafter.method!r}")
+        reload_drafter(self.llm, export.path)
+        self.drafter = export
+
+    def state_dict(self) -> dict:
+        """The speculation controller's statistics (empty without a drafter)."""
+        return {"controller": self.controller.state_dict()} if self.controller is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])

@@ -37,9 +37,11 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool) -> Path:
-    """Every rank writes its shards of every engine into ``.step_N.tmp``; rank 0 then adds the trainer state and
-    the ``COMPLETE`` marker and renames the folder into place (so a half-written checkpoint is never picked)."""
+def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool,
+         files: dict | None = None) -> Path:
+    """Every rank writes its shards of every engine into ``.step_N.tmp``; rank 0 then adds the trainer state, the
+    ``files`` (name -> object, ``torch.save``-d: e.g. the drafter) and the ``COMPLETE`` marker and renames the folder
+    into place (so a half-written checkpoint is never picked)."""
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,8 @@ def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: i
         engine.save(str(tmp / name), client_state={"rng": rng_state(), "step": step})
     distributed.barrier()
     if is_main:
+        for name, obj in (files or {}).items():
+            torch.save(obj, tmp / name)
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
         (tmp / "COMPLETE").write_text("")
         shutil.rmtree(final, ignore_errors=True)

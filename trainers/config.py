@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drafters.config import DrafterConfig
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -52,6 +53,15 @@ class TinyBaseConfig:
 
 
 @dataclass
+class LengthTargetConfig:
+    mode: str = "none"  # LCPO prompts: none | exact ("Think for N tokens.") | max ("Think for maximum N tokens.")
+    min_tokens: int = 100  # training targets N are drawn uniformly from [min_tokens, max_tokens] per problem
+    max_tokens: int = 4000  # upper end of the training target range
+    none_frac: float = 0.0  # share of training problems that carry no target (plain correctness, as in L1)
+    eval_targets: list[int] = field(default_factory=lambda: [512, 1024, 2048, 3600])  # held-out targets, cycled over problems
+
+
+@dataclass
 class DataConfig:
     task: str = "arith"  # embedded task name in recipes.tasks.TASKS (used when train_file is empty)
     seed: int = 0  # seed of the task's problem generator
@@ -59,6 +69,7 @@ class DataConfig:
     n_eval: int = 256  # held-out problems generated for the embedded task
     train_file: str = ""  # JSONL/parquet of training rows (prompt, answer[, uid]); overrides task when set
     eval_file: str = ""  # JSONL/parquet of held-out rows
+    length_target: LengthTargetConfig = field(default_factory=LengthTargetConfig)  # LCPO targets in the prompts
 
 
 @dataclass
@@ -149,6 +160,7 @@ class Config:
     tiny_base: TinyBaseConfig = field(default_factory=TinyBaseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    drafter: DrafterConfig = field(default_factory=DrafterConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -188,7 +200,18 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"reward.terms {token_terms} produce token rewards: set algo.advantage=token_group")
     if a.advantage == "token_group" and not token_terms:
         raise ValueError("algo.advantage=token_group needs a token-level term in reward.terms (e.g. decs)")
-    _one_of("reward.truncation", cfg.reward.truncation, ("none", "zero", "scale"))
+    from rewards import TRANSFORMS
+    from rewards.registry import TRUNCATION
+
+    _one_of("reward.truncation", cfg.reward.truncation, TRUNCATION)
+    for name in cfg.reward.transforms:
+        _one_of("reward.transforms", name, TRANSFORMS)
+    if cfg.reward.difficulty_cap_threshold > 0 and cfg.reward.truncation == "none":
+        raise ValueError("reward.difficulty_cap_threshold > 0 does nothing with reward.truncation=none: set zero|scale")
+    if cfg.reward.decs_curriculum.enabled and not t.dynamic_sampling:
+        raise ValueError("reward.decs_curriculum.enabled adds back groups dynamic sampling dropped: set "
+                         "trainer.dynamic_sampling=true")
+    _validate_length_target(cfg)
     _one_of("reward.hapo.mode", cfg.reward.hapo.mode, ("min", "mean"))
     _positive(t=t, r=r)
     if cfg.run.resume == "auto" and not cfg.run.output_dir:
@@ -208,6 +231,22 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if a.advantage == "grpo" and r.n < 2:
         raise ValueError("algo.advantage=grpo needs rollout.n >= 2 (group statistics of one sample are undefined)")
     _validate_trainer_depth(cfg)
+
+
+def _validate_length_target(cfg: Config) -> None:
+    lt = cfg.data.length_target
+    _one_of("data.length_target.mode", lt.mode, ("none", "exact", "max"))
+    lcpo = sorted(set(cfg.reward.terms) & {"lcpo_exact", "lcpo_max"})
+    if lcpo and lt.mode == "none":
+        raise ValueError(f"reward.terms {lcpo} read each prompt's length target: set data.length_target.mode")
+    if lt.mode == "none":
+        return
+    if not 0 < lt.min_tokens <= lt.max_tokens:
+        raise ValueError(f"data.length_target: need 0 < min_tokens ({lt.min_tokens}) <= max_tokens ({lt.max_tokens})")
+    if not 0 <= lt.none_frac < 1:
+        raise ValueError(f"data.length_target.none_frac={lt.none_frac} must lie in [0, 1)")
+    if not lt.eval_targets or min(lt.eval_targets) <= 0:
+        raise ValueError(f"data.length_target.eval_targets={lt.eval_targets} must be a non-empty list of positive ints")
 
 
 def _validate_trainer_depth(cfg: Config) -> None:
@@ -242,6 +281,15 @@ def _validate_trainer_depth(cfg: Config) -> None:
 
         if not torch.cuda.is_available():
             raise ValueError("trainer.logprob_backend=triton needs a CUDA GPU; use auto or torch on CPU")
+    dr = cfg.drafter
+    if dr.enabled:
+        _one_of("drafter.method", dr.method, ("eagle", "draft_model"))
+        for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step", "max_steps_per_update"):
+            if getattr(dr, name) < 1:
+                raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
+        if dr.method == "eagle" and cfg.model.dtype != cfg.rollout.dtype:
+            raise ValueError(f"drafter.method=eagle trains on the trainer's hidden states for the engine: model.dtype="
+                             f"{cfg.model.dtype} must equal rollout.dtype={cfg.rollout.dtype}")
     if cfg.critic.value_clip <= 0:
         raise ValueError(f"critic.value_clip={cfg.critic.value_clip} must be > 0")
 

@@ -20,19 +20,22 @@ def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: 
     spec = SamplingSpec(n=e.samples, max_tokens=e.max_tokens or cfg.rollout.max_tokens, temperature=e.temperature,
                         top_p=e.top_p, seed=e.seed)
     shard = prompts[rank::world_size]
-    rows: list[tuple[int, bool, bool]] = []
+    rows: list[tuple[int, bool, bool, int | None]] = []
     if shard:
         batch = engine.generate(shard, spec)
         inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
                           group_ids=batch.group_ids, meta=batch.meta)
         ok = verify(inp, cfg.reward.correctness.verifier)
-        rows = list(zip(batch.num_tokens.tolist(), ok.tolist(), batch.truncated.tolist()))
+        targets = [m.get("target_tokens") for m in batch.meta]
+        rows = list(zip(batch.num_tokens.tolist(), ok.tolist(), batch.truncated.tolist(), targets))
     allrows = [r for part in distributed.gather_objects(rows) for r in part]
     return eval_metrics(allrows)
 
 
-def eval_metrics(rows: list[tuple[int, bool, bool]]) -> dict[str, float]:
-    """rows of (tokens, correct, truncated) -> eval/* metrics."""
+def eval_metrics(rows: list[tuple]) -> dict[str, float]:
+    """rows of (tokens, correct, truncated[, target N or None]) -> eval/* metrics; with LCPO targets also the
+    length adherence ``eval/target_err`` = mean |n - N| / N, ``eval/target_over`` = share with n > N, and the same
+    per target as ``eval/target_err@N``, ``eval/len_mean@N``, ``eval/acc@N``."""
     lengths = torch.tensor([r[0] for r in rows], dtype=torch.float64)
     correct = torch.tensor([r[1] for r in rows], dtype=torch.float64)
     trunc = torch.tensor([r[2] for r in rows], dtype=torch.float64)
@@ -41,4 +44,18 @@ def eval_metrics(rows: list[tuple[int, bool, bool]]) -> dict[str, float]:
     out |= length_stats(lengths, "eval/len_")
     out["eval/truncated_frac"] = float(trunc.mean()) if rows else 0.0
     out["eval/tokens_per_correct"] = float(lengths.sum()) / n_correct if n_correct else float("inf")
+    targeted = [r for r in rows if len(r) > 3 and r[3] is not None]
+    if targeted:
+        out |= _adherence(targeted, "")
+        for n in sorted({r[3] for r in targeted}):
+            out |= _adherence([r for r in targeted if r[3] == n], f"@{n}")
     return out
+
+
+def _adherence(rows: list[tuple], suffix: str) -> dict[str, float]:
+    n = torch.tensor([r[0] for r in rows], dtype=torch.float64)
+    target = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+    return {f"eval/target_err{suffix}": float(((n - target).abs() / target).mean()),
+            f"eval/target_over{suffix}": float((n > target).to(torch.float64).mean()),
+            f"eval/len_mean{suffix}": float(n.mean()),
+            f"eval/acc{suffix}": float(torch.tensor([float(r[1]) for r in rows]).mean())}

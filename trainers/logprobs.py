@@ -8,8 +8,30 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
+from drafters.types import DrafterBatch
 from kernels import logprobs_from_hidden
 from trainers.models import decoder, lm_head
+
+
+@dataclass(frozen=True)
+class Features:
+    """The trainer forward's view of whole sequences, kept (detached) for the drafter: free, no second pass."""
+
+    input_ids: torch.Tensor  # [B,L] long: prompt + completion, right-padded
+    hidden: torch.Tensor  # [B,L,H]: policy's final (post-norm) hidden state at every position (detached)
+    valid: torch.Tensor  # [B,L] bool: real tokens
+    prompt_lens: torch.Tensor  # [B] long
+    completion_lens: torch.Tensor  # [B] long
+
+    def to_drafter_batch(self) -> DrafterBatch:
+        """Targets: positions q = prompt_len .. prompt_len + n - 2, whose hidden states predict completion tokens
+        1 .. n-1 (what the drafter proposes after the engine has sampled completion token 0 from the prefill)."""
+        q = torch.arange(self.input_ids.shape[1])[None, :]
+        lp, n = self.prompt_lens[:, None], self.completion_lens[:, None]
+        target = (q >= lp) & (q <= lp + n - 2)
+        return DrafterBatch(self.input_ids, self.hidden, self.valid, target)
 
 
 def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
@@ -34,7 +56,7 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
                         completion_mask: torch.Tensor, pad_id: int, temperature: float, chunk: int = 0,
                         through_head_module: bool = False,
                         backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> logprobs [B,T], entropy [B,T] (0 on padding), hidden [B,T,H] (detached features for the drafter).
+    """-> logprobs [B,T], entropy [B,T] (0 on padding), :class:`Features` of the whole sequences (for the drafter).
 
     ``through_head_module`` calls the LM head as a module (so ZeRO-3's gather hooks run) and scores its
     ``[N,V]`` logits with the reference twin; otherwise the head's weight goes to the chunked kernel.
@@ -55,7 +77,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
                                                  chunk=chunk or None, backend=backend)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, lp_flat)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, ent_flat)
-    return logprobs, entropy, hidden.detach()
+    feats = Features(ids, hidden_all.detach(), attn.bool(), torch.tensor([len(p) for p in prompt_ids]),
+                     completion_mask.sum(-1))
+    return logprobs, entropy, feats
 
 
 def completion_values(critic: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,

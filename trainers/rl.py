@@ -32,6 +32,7 @@ from trainers import checkpoint, distributed
 from trainers.advantages import ADVANTAGE, dense_rewards, masked_whiten
 from trainers.config import Config
 from trainers.data import to_prompts
+from trainers.drafting import spec_metrics
 from trainers.evaluation import evaluate
 from trainers.losses import KL
 from trainers.metrics import Timers, length_stats
@@ -71,16 +72,28 @@ class Trainer:
             self.critic = TrainEngine(load_critic(model_path, cfg).to(self.d.device), critic_optim(cfg), cfg,
                                       self.d.world_size, grad_accum)
         reference = Reference(model_path, cfg, self.d.device, self.policy.module) if cfg.algo.kl_coef > 0 else None
-        self.updater = Updater(cfg, self.policy, self.pad_id, self.critic, reference)
-        self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed)
+        self.drafting = None
+        if cfg.drafter.enabled:
+            from trainers.drafting import DrafterPhase
+
+            self.drafting = DrafterPhase(cfg.drafter, model_path, self.policy, cfg.rollout.temperature,
+                                         self.run.path / "drafter" / f"rank{self.d.rank}", cfg.run.seed,
+                                         self.d.world_size)
+        self.updater = Updater(cfg, self.policy, self.pad_id, self.critic, reference,
+                               on_features=self.drafting.add_features if self.drafting else None)
+        self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
+                                  drafter=self.drafting.export if self.drafting else None)
         self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer),
                                self.d.rank, self.d.world_size)
+        if self.drafting is not None:
+            self.sampler.after_rollout = self.drafting.idle_train
         self.eval_prompts = to_prompts(task.eval, self.tokenizer)
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name,
                                json.loads(json.dumps(asdict(cfg), default=str)), enabled=self.d.is_main)
         self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
         self.evals: list[dict] = []
         self.sync_stats: dict = {}
+        self.warmup_stats: dict = {}
         self.maybe_resume()
 
     @property
@@ -90,7 +103,10 @@ class Trainer:
     # ------------------------------------------------------------------ the step
     def train_step(self, step: int) -> dict:
         timers = Timers()
+        drafter_stats: dict = {}
         with timers("step"):
+            if self.drafting is not None:
+                self.drafting.begin_step()
             sample = self.sampler.sample(step, timers)
             rows = _rows(sample.batch)
             with timers("forward"):
@@ -101,7 +117,10 @@ class Trainer:
                 sums = self.updater.update(rows, adv, returns, fwd)
             with timers("sync"):
                 self.sync_phase()
-        return self.log_phase(step, sample, sums, timers) | sample.stats | self.sync_stats
+            if self.drafting is not None:
+                with timers("drafter"):
+                    drafter_stats = self.drafting.after_update(self.rollout) | spec_metrics(sample.spec)
+        return self.log_phase(step, sample, sums, timers) | sample.stats | self.sync_stats | drafter_stats
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput,
                         fwd: Forward) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,7 +219,9 @@ class Trainer:
     def fit(self) -> dict:
         t, start = self.cfg.trainer, time.perf_counter()
         self._fit_start = start
-        if not self.evals:  # a resumed run already has its "before" evaluation
+        if not self.evals:  # a resumed run already has its "before" evaluation (and its drafter)
+            if self.drafting is not None:
+                self.warm_start_drafter()
             self.evaluate(self.step)
         bar = _progress(self.cfg, self.d.is_main, self.step)
         for step in range(self.step, t.max_steps):
@@ -220,6 +241,24 @@ class Trainer:
         self.save()
         return self.finish(self.wall_prior + time.perf_counter() - start)
 
+    def warm_start_drafter(self) -> None:
+        """Before RL step 1: the drafter learns from base-model rollouts of a few training prompts (each rank its own
+        strided share; they do not touch the RL prompt stream)."""
+        c, r = self.cfg.drafter, self.cfg.rollout
+        rows = self.task.train[self.d.rank::self.d.world_size][: max(1, c.warmup_prompts // self.d.world_size)]
+        self.warmup_stats = self.drafting.warm_start(self.rollout, to_prompts(rows, self.tokenizer), r.n,
+                                                     r.max_tokens, r.temperature, self._features_of, self.cfg.run.seed)
+        if self.d.is_main:
+            self.tracker.log(self.warmup_stats, 0)
+
+    @torch.no_grad()
+    def _features_of(self, batch: RolloutBatch):
+        """The trainer's forward over a rollout batch, micro-batch by micro-batch (for the drafter's warm start)."""
+        rows, mb = _rows(batch), self.cfg.trainer.micro_batch_size
+        self.policy.module.eval()
+        for s in range(0, len(rows.prompt_ids), mb):
+            yield self.updater._logprobs(self.policy.module, rows.slice(slice(s, s + mb)))[2]
+
     def maybe_resume(self) -> None:
         """``run.resume``: "auto" = newest complete checkpoint in the run folder (none: start fresh), or a path.
         Restores weights, optimizer, RNG, data cursors, reward and curriculum states, drops metrics logged after the
@@ -230,6 +269,9 @@ class Trainer:
         state = checkpoint.load(self.engines, ckpt)
         self.step, self.tokens_total, self.wall_prior = state["step"], state["tokens_total"], state["wall_s"]
         self.sampler.load_state_dict(state["samplers"][self.d.rank])
+        self.rollout.load_state_dict(state["engines"][self.d.rank])
+        if self.drafting is not None:
+            self.drafting.load_state_dict(torch.load(ckpt / "drafter.pt", weights_only=False), self.rollout)
         if self.d.is_main:
             self.run.truncate_after(self.step)
         distributed.barrier()
@@ -243,9 +285,11 @@ class Trainer:
         elapsed = time.perf_counter() - self._fit_start if hasattr(self, "_fit_start") else 0.0
         state = {"step": self.step, "version": self.version, "tokens_total": self.tokens_total,
                  "wall_s": self.wall_prior + elapsed,
-                 "samplers": distributed.gather_objects(self.sampler.state_dict())}  # one per rank
+                 "samplers": distributed.gather_objects(self.sampler.state_dict()),  # one per rank
+                 "engines": distributed.gather_objects(self.rollout.state_dict())}  # speculation statistics
+        files = {"drafter.pt": self.drafting.state_dict()} if self.drafting is not None else {}
         return checkpoint.save(self.engines, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
-                               self.d.is_main)
+                               self.d.is_main, files)
 
     def finish(self, wall_s: float) -> dict:
         keys = ("eval/acc", "eval/len_mean", "eval/len_median", "eval/len_p90", "eval/len_max",
@@ -255,6 +299,9 @@ class Trainer:
                    "after": {"step": after["step"]} | {k: after[k] for k in keys},
                    "totals": {"steps": self.step, "wall_s": wall_s, "rollout_tokens": self.tokens_total,
                               "ranks": self.d.world_size, "engine_start_s": self.rollout.start_s}}
+        if self.drafting is not None:
+            summary["drafter"] = {"method": self.cfg.drafter.method, "version": self.drafting.drafter.version,
+                                  "lossless": self.rollout.lossless} | self.warmup_stats
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)
@@ -269,6 +316,8 @@ class Trainer:
 
         hf_root(self.policy.module).save_pretrained(out, state_dict=weights, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
+        if self.drafting is not None:
+            self.drafting.drafter.export(out / "drafter")  # beside the model, in the layout vLLM loads
 
 
 def _rows(batch: RolloutBatch) -> Rows:

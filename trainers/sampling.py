@@ -12,7 +12,7 @@ update never trains on tokens the reward did not see.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,7 +20,7 @@ import rewards
 from rewards import RewardInput, RewardOutput
 from rewards.decs_curriculum import DECSCurriculum, select
 from rewards.types import concat_outputs, select_output
-from rollout.types import Prompt, RolloutBatch, SamplingSpec, concat_batches, select_rows
+from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats, concat_batches, select_rows
 from trainers import distributed
 from trainers.config import Config
 from trainers.data import PromptStream
@@ -33,6 +33,7 @@ class Sample:
     rewards: RewardOutput  # their rewards, row-aligned with ``batch``
     stats: dict  # rollout/* and curriculum/* metrics of this step
     generated_tokens: int  # every token this rank generated this step (dropped groups included)
+    spec: list[SpecStats] = field(default_factory=list)  # speculative-decoding counters of every rollout call
 
 
 def token_offsets(tokenizer, batch: RolloutBatch) -> list[list[int]]:
@@ -69,15 +70,20 @@ class Sampler:
         self.curriculum = DECSCurriculum(cfg.reward) if cfg.reward.decs_curriculum.enabled else None
         self.needs_offsets = rewards.needs_token_offsets(cfg.reward)
         self.rng = random.Random(cfg.run.seed * 7_901 + rank)
+        self.after_rollout = None  # called right after each of this rank's rollouts (the drafter's idle window)
 
     # ------------------------------------------------------------------ phases
     def sample(self, step: int, timers: Timers) -> Sample:
         t = self.cfg.trainer
-        rounds, generated, kept, dropped, observed = 0, 0, [], [], []
+        rounds, generated, kept, dropped, observed, spec = 0, 0, [], [], [], []
         while True:
             with timers("rollout"):
                 batch = self.rollout(step, rounds)
+            if self.after_rollout is not None:
+                with timers("idle"):
+                    self.after_rollout()
             generated += int(batch.num_tokens.sum())
+            spec.append(batch.spec)
             with timers("reward"):
                 out = self.reward(batch)
             rounds += 1
@@ -85,7 +91,7 @@ class Sampler:
                 observed.append(self.curriculum.observe(out.input))
             if not t.dynamic_sampling:
                 self._apply_curriculum(observed)
-                return Sample(apply_kept_tokens(batch, out), out, {}, generated)
+                return Sample(apply_kept_tokens(batch, out), out, {}, generated, spec)
             score = out.total if t.dynamic_sampling_metric == "reward" else out.correct.to(torch.float32)
             for g in range(len(batch.prompts)):
                 rows = (batch.prompt_index == g).nonzero().flatten()
@@ -97,7 +103,7 @@ class Sampler:
         self._apply_curriculum(observed)
         batch = concat_batches([select_rows(b, rows) for b, _, rows in chosen])
         out = concat_outputs([select_output(o, rows) for _, o, rows in chosen])
-        return Sample(apply_kept_tokens(batch, out), out, stats, generated)
+        return Sample(apply_kept_tokens(batch, out), out, stats, generated, spec)
 
     def rollout(self, step: int, round_: int = 0) -> RolloutBatch:
         r = self.cfg.rollout

@@ -57,8 +57,12 @@ SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm"
 
 
 class Updater:
-    def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None) -> None:
+    """``on_features`` (optional) receives the :class:`~trainers.logprobs.Features` of the first forward pass over
+    every row with the sampling policy's weights: the forward phase's when it runs, else the first update epoch's."""
+
+    def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None, on_features=None) -> None:
         self.cfg, self.policy, self.critic, self.reference, self.pad_id = cfg, policy, critic, reference, pad_id
+        self.on_features = on_features
         a, t = cfg.algo, cfg.trainer
         self.on_policy = t.epochs * t.mini_batches == 1
         self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
@@ -67,7 +71,7 @@ class Updater:
     @torch.no_grad()
     def forward(self, rows: Rows, timers) -> Forward:
         self.policy.module.eval()
-        old = self._map(rows, lambda r: self._logprobs(self.policy.module, r)[0]) if self.needs_old else None
+        old = self._map(rows, lambda r: self._policy_logprobs(r)) if self.needs_old else None
         ref = None
         if self.reference is not None:
             with timers("ref"), self.reference.module() as ref_model:
@@ -81,6 +85,12 @@ class Updater:
             isw = SAMPLER_CORRECTION.get_or_raise(self.cfg.algo.sampler_correction, "algo.sampler_correction")(
                 old, rows.sampler_logprobs, rows.mask, self.cfg.algo.sampler_is_cap)
         return Forward(old, ref, values, isw)
+
+    def _policy_logprobs(self, r: Rows) -> torch.Tensor:
+        lp, _, feats = self._logprobs(self.policy.module, r)
+        if self.on_features is not None:
+            self.on_features(feats)
+        return lp
 
     def _logprobs(self, model, r: Rows):
         return completion_logprobs(model, r.prompt_ids, r.completion_ids, r.mask, self.pad_id,
@@ -102,13 +112,14 @@ class Updater:
         mb_size = n // t.mini_batches
         keep = fwd.is_weights.keep if fwd.is_weights is not None else rows.mask
         sums = dict.fromkeys(SUM_KEYS, 0.0)
-        for _ in range(t.epochs):
+        collect = self.on_features is not None and not self.needs_old  # else the forward phase already handed them
+        for epoch in range(t.epochs):
             for m0 in range(0, n, mb_size):
                 counts = distributed.all_sum(local_counts(keep[m0:m0 + mb_size]))
                 g = GlobalCounts(float(counts[0]), float(counts[1]), float(a.norm_length or self.cfg.rollout.max_tokens))
                 for s in range(m0, m0 + mb_size, t.micro_batch_size):
                     sl = slice(s, s + t.micro_batch_size)
-                    self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums)
+                    self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums, collect and epoch == 0 and m0 == 0)
                     if self.critic is not None:
                         self._critic_micro(rows.slice(sl), returns[sl], fwd.values[sl], g, sums)
                 sums["grad_norm"] += self.policy.grad_norm()
@@ -116,9 +127,12 @@ class Updater:
                     sums["critic_grad_norm"] += self.critic.grad_norm()
         return sums
 
-    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice, g: GlobalCounts, sums: dict) -> None:
+    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice, g: GlobalCounts, sums: dict,
+                      collect: bool = False) -> None:
         a = self.cfg.algo
-        lp, ent, _ = self._logprobs(self.policy.module, r)
+        lp, ent, feats = self._logprobs(self.policy.module, r)
+        if collect:
+            self.on_features(feats)
         dev = lp.device
         mask = r.mask.to(dev)
         old = fwd.old_logprobs[sl].to(dev) if fwd.old_logprobs is not None else lp.detach()

@@ -45,14 +45,45 @@ def read_rows(path: str) -> list[dict]:
 
 
 def load_task(cfg: DataConfig) -> TaskData:
+    """The run's rows, with LCPO length targets written into the prompts when ``data.length_target`` asks."""
     if cfg.train_file or cfg.eval_file:
         if not (cfg.train_file and cfg.eval_file):
             raise ValueError("data.train_file and data.eval_file must be set together")
-        return TaskData(train=read_rows(cfg.train_file), eval=read_rows(cfg.eval_file),
-                        name=Path(cfg.eval_file).stem)
-    from recipes.tasks import TASKS
+        train, held_out, name = read_rows(cfg.train_file), read_rows(cfg.eval_file), Path(cfg.eval_file).stem
+    else:
+        from recipes.tasks import TASKS
 
-    if cfg.task not in TASKS:
-        raise ValueError(f"data.task={cfg.task!r} is not one of {sorted(TASKS)}")
-    train, held_out = TASKS[cfg.task].make_splits(cfg.seed, cfg.n_train, cfg.n_eval)
-    return TaskData(train=train, eval=held_out, name=cfg.task)
+        if cfg.task not in TASKS:
+            raise ValueError(f"data.task={cfg.task!r} is not one of {sorted(TASKS)}")
+        train, held_out = TASKS[cfg.task].make_splits(cfg.seed, cfg.n_train, cfg.n_eval)
+        name = cfg.task
+    lt = cfg.length_target
+    if lt.mode != "none":
+        train = with_length_targets(train, lt, cfg.seed, [None] * len(train))
+        held_out = with_length_targets(held_out, lt, cfg.seed, [lt.eval_targets[i % len(lt.eval_targets)]
+                                                                for i in range(len(held_out))])
+    return TaskData(train=train, eval=held_out, name=name)
+
+
+TARGET_TEXT = {"exact": "Think for {n} tokens.", "max": "Think for maximum {n} tokens."}  # L1's prompt suffixes
+
+
+def with_length_targets(rows: list[dict], lt, seed: int, fixed: list[int | None]) -> list[dict]:
+    """L1 / LCPO (Aggarwal & Welleck 2025): append the length instruction to each prompt and keep N in the row
+    (``target_tokens``, read by the lcpo terms). A row's N is ``fixed[i]`` or drawn uniformly from
+    ``[min_tokens, max_tokens]`` by an RNG seeded by (seed, uid), so it does not depend on row order; a share
+    ``none_frac`` of the drawn rows carries no target. New rows; the input is not modified."""
+    import random
+
+    out = []
+    for row, n in zip(rows, fixed):
+        rng = random.Random(f"lcpo-{seed}-{row['uid']}")
+        if n is None:
+            if rng.random() < lt.none_frac:
+                out.append(dict(row))
+                continue
+            n = rng.randint(lt.min_tokens, lt.max_tokens)
+        prompt = row["prompt"].rstrip("\n")
+        suffix = TARGET_TEXT[lt.mode].format(n=n)
+        out.append(dict(row, prompt=f"{prompt}\n{suffix}\n", target_tokens=n))
+    return out

@@ -1,0 +1,23 @@
+"""Drafters slice of the config: the speculator trained online from the RL loop's rollouts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DrafterConfig:
+    enabled: bool = False  # train a drafter online and speculate with it in the rollout engine
+    method: str = "eagle"  # eagle (one decoder layer on the policy's hidden state) | draft_model (small draft LM)
+    num_speculative_tokens: int = 4  # the most tokens proposed per round; the controller picks K <= this per batch size
+    lr: float = 3e-3  # drafter AdamW learning rate
+    cls_weight: float = 1.0  # weight of the distillation loss KL(policy || drafter) at the sampling temperature
+    reg_weight: float = 0.1  # eagle: weight of the SmoothL1 regression of the next hidden state (EAGLE / TLT)
+    batch_rows: int = 32  # sequences per drafter optimizer step
+    replay_steps: int = 2  # RL steps of rollouts kept in the replay window
+    max_rows_per_step: int = 256  # rollout rows of one RL step added to the replay window (a random subset)
+    budget_s: float = 2.0  # one rank: wall-clock budget of drafter training per RL step
+    max_steps_per_update: int = 50  # cap on optimizer steps per RL step (idle windows included)
+    warmup_steps: int = 300  # optimizer steps of the warm start on the base model's rollouts before RL step 1
+    warmup_prompts: int = 64  # prompts rolled out (rollout.n each) for the warm start
+    draft_layers: int = 1  # draft_model: decoder layers of the standalone draft LM
+    draft_hidden: int = 0  # draft_model: hidden size (0 = the policy's)

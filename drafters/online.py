@@ -1,0 +1,146 @@
+"""The drafter trained online from the RL loop's own rollouts (TLT-style, Hu et al. 2025).
+
+Every RL step adds the step's sequences with the policy's hidden states (from the trainer's forward, no second
+pass) to a replay window of the last ``replay_steps`` steps; :meth:`OnlineDrafter.train` then takes optimizer steps
+on random mini-batches of that window until its budget is spent or ``should_stop()`` says the idle window closed.
+The EAGLE head reads the policy's embedding and LM head, which change every step: :meth:`set_policy_tensors`
+hands it the current ones before training, and the export never contains them (vLLM shares the target's).
+
+Speculative sampling is lossless, so nothing the drafter does changes what the policy learns; only speed.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from drafters.config import DrafterConfig
+from drafters.draft_lm import DraftLM
+from drafters.eagle import EagleHead, llama_sizes
+from drafters.types import DrafterBatch, DrafterExport, DrafterStats
+
+
+class OnlineDrafter:
+    def __init__(self, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, lm_head: torch.Tensor,
+                 temperature: float, seed: int = 0) -> None:
+        if cfg.method not in ("eagle", "draft_model"):
+            raise ValueError(f"drafter.method={cfg.method!r} is not one of ['draft_model', 'eagle']")
+        self.cfg, self.policy_config, self.temperature = cfg, dict(policy_config), temperature
+        torch.manual_seed(seed)
+        if cfg.method == "eagle":
+            self.model = EagleHead(llama_sizes(policy_config))
+        else:
+            self.model = DraftLM.from_policy(policy_config, cfg.draft_layers, cfg.draft_hidden, embed, lm_head)
+        self.model.to(embed.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.embed, self.lm_head = embed.detach(), lm_head.detach()
+        self.window: deque[list[tuple]] = deque(maxlen=cfg.replay_steps)  # per RL step: rows (ids, hidden, target)
+        self.rng = random.Random(seed)
+        self.version = 0
+        self.total_steps = 0
+
+    # ------------------------------------------------------------------ data
+    def set_policy_tensors(self, embed: torch.Tensor, lm_head: torch.Tensor) -> None:
+        """The policy's current input embedding [V,H] and LM head [V,H] (detached; never trained here)."""
+        self.embed, self.lm_head = embed.detach(), lm_head.detach()
+
+    def new_step(self) -> None:
+        """Open the replay slot of a new RL step (the oldest step falls out of the window)."""
+        self.window.append([])
+
+    def add(self, batch: DrafterBatch) -> None:
+        """Keep up to ``max_rows_per_step`` rows of this step (a random subset), each trimmed to its length."""
+        if not self.window:
+            self.new_step()
+        slot = self.window[-1]
+        for i in range(batch.token_ids.shape[0]):
+            if len(slot) >= self.cfg.max_rows_per_step and self.rng.random() > 0.5:
+                continue
+            n = int(batch.valid[i].sum())
+            if not bool(batch.target[i, :n].any()):
+                continue
+            row = (batch.token_ids[i, :n].cpu(), batch.hidden_states[i, :n].detach().cpu(), batch.target[i, :n].cpu())
+            if len(slot) < self.cfg.max_rows_per_step:
+                slot.append(row)
+            else:
+                slot[self.rng.randrange(len(slot))] = row
+
+    def rows(self) -> int:
+        return sum(len(s) for s in self.window)
+
+    def _minibatch(self) -> DrafterBatch:
+        pool = [r for s in self.window for r in s]
+        picks = self.rng.sample(pool, min(self.cfg.batch_rows, len(pool)))
+        width = max(r[0].shape[0] for r in picks)
+        h = picks[0][1].shape[1]
+        ids = torch.zeros(len(picks), width, dtype=torch.long)
+        hid = torch.zeros(len(picks), width, h, dtype=picks[0][1].dtype)
+        valid = torch.zeros(len(picks), width, dtype=torch.bool)
+        target = torch.zeros(len(picks), width, dtype=torch.bool)
+        for i, (a, b, c) in enumerate(picks):
+            n = a.shape[0]
+            ids[i, :n], hid[i, :n], valid[i, :n], target[i, :n] = a, b, True, c
+        dev = self.embed.device
+        return DrafterBatch(ids.to(dev), hid.to(dev), valid.to(dev), target.to(dev))
+
+    # ------------------------------------------------------------------ training
+    def train(self, budget_s: float, max_steps: int, should_stop: Callable[[], bool] | None = None) -> DrafterStats:
+        """Optimizer steps until ``budget_s`` seconds or ``max_steps`` steps or ``should_stop()``; returns stats."""
+        t0 = time.perf_counter()
+        self.model.train()
+        steps, tokens, agree, loss_sum = 0, 0, 0, 0.0
+        while self.rows() and steps < max_steps and time.perf_counter() - t0 < budget_s:
+            if should_stop is not None and should_stop():
+                break
+            loss, a, n = self.model.loss(self._minibatch(), self.embed, self.lm_head, self.temperature,
+                                         self.cfg.cls_weight, self.cfg.reg_weight)
+            if n == 0:
+                break
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            steps, tokens, agree, loss_sum = steps + 1, tokens + n, agree + int(a), loss_sum + float(loss.detach())
+        if steps:
+            self.version += 1
+            self.total_steps += steps
+        return DrafterStats(loss=loss_sum / max(steps, 1), top1_agreement=agree / max(tokens, 1),
+                            train_s=time.perf_counter() - t0, steps=steps, tokens=tokens)
+
+    @torch.no_grad()
+    def evaluate(self, batch: DrafterBatch) -> DrafterStats:
+        """Loss and top-1 agreement on a batch, without training."""
+        self.model.eval()
+        t0 = time.perf_counter()
+        loss, a, n = self.model.loss(batch, self.embed, self.lm_head, self.temperature, self.cfg.cls_weight,
+                                     self.cfg.reg_weight)
+        return DrafterStats(loss=float(loss), top1_agreement=int(a) / max(n, 1), train_s=time.perf_counter() - t0,
+                            steps=0, tokens=n)
+
+    def average_with(self, reduce_mean: Callable[[torch.Tensor], torch.Tensor], weight: float) -> None:
+        """Combine the ranks' drafters: each parameter becomes the ``weight``-weighted mean over ranks (weight = the
+        optimizer steps a rank took; all-zero weights leave the parameters as they are)."""
+        total = float(reduce_mean(torch.tensor([weight], dtype=torch.float64))[0])
+        if total <= 0:
+            return
+        for p in self.model.parameters():
+            p.data.copy_(reduce_mean(p.data.to(torch.float64) * weight).to(p.dtype) / total)
+
+    # ------------------------------------------------------------------ export and state
+    def export(self, folder: str | Path) -> DrafterExport:
+        path = self.model.save(folder, self.policy_config)
+        return DrafterExport(self.model.method, self.cfg.num_speculative_tokens, str(path), self.version)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "version": self.version,
+                "total_steps": self.total_steps, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.version, self.total_steps = int(state["version"]), int(state["total_steps"])
+        self.rng.setstate(state["rng"])

