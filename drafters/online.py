@@ -132,8 +132,9 @@ class OnlineDrafter:
 
     # ------------------------------------------------------------------ export and state
     def export(self, folder: str | Path) -> DrafterExport:
-        path = self.model.save(folder, self.policy_config)
-        return DrafterExport(self.model.method, self.cfg.num_speculative_tokens, str(path), self.version)
+        k = self.cfg.num_speculative_tokens
+        path = self.model.save(folder, self.policy_config | {"laconic_num_speculative_tokens": k})
+        return DrafterExport(self.model.method, k, str(path), self.version)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "version": self.version,

@@ -100,10 +100,18 @@ class SpecController:
         if self.forced_off:
             return 0
         b = self.bucket(batch)
-        n = self.steps.get(b, 0)
-        if self.explore_every and n % self.explore_every == self.explore_every - 1:
-            return (n // self.explore_every) % (self.k_max + 1)  # round-robin over 0..k_max
+        n, every = self.steps.get(b, 0), self._explore_interval(b)
+        if every and n % every == every - 1:
+            return (n // every) % (self.k_max + 1)  # round-robin over 0..k_max
         return self.choice[b]
+
+    def _explore_interval(self, b: int) -> int:
+        """``explore_every`` until every K of the bucket has 4 measurements, then 4x rarer (exploring a bad K on the
+        large-batch body is what costs throughput there)."""
+        if not self.explore_every:
+            return 0
+        known = all(len(self.samples.get((b, k), ())) >= 4 for k in range(self.k_max + 1))
+        return self.explore_every * (4 if known else 1)
 
     def record(self, batch: int, k: int, tokens: int, seconds: float, measurable: bool) -> None:
         b = self.bucket(batch)

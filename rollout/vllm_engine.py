@@ -84,7 +84,12 @@ class VLLMEngine:
             # Without chunked prefill every prefill completes in one step, so nothing is discarded.
             kwargs["enable_chunked_prefill"] = False
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            kwargs["distributed_executor_backend"] = "external_launcher"  # share the trainer's process group
+            # share the live process group (the trainer's, or one an earlier engine in this process created); vLLM's
+            # external launcher reads this process's place in it from RANK / LOCAL_RANK
+            rank = str(torch.distributed.get_rank())
+            os.environ.setdefault("RANK", rank)
+            os.environ.setdefault("LOCAL_RANK", rank)
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if drafter is not None:
             k = drafter.num_speculative_tokens
             kwargs["speculative_config"] = {

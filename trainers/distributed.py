@@ -48,7 +48,23 @@ def init(backend: str = "auto", local_rank: int | None = None) -> Dist:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+        _forget_stale_deepspeed_groups()
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr, device=device)
+
+
+def _forget_stale_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached sub-groups of a default group that is gone.
+
+    vLLM's engine shutdown destroys the default process group with plain ``torch.distributed``, which does not
+    tell DeepSpeed; a later ``deepspeed.initialize`` in the same process would then broadcast over a cached clone of
+    the dead world group ("Group ... is not registered"). Only relevant when DeepSpeed is already imported.
+    """
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    release = getattr(groups, "_release_process_group_references", None)
+    if release is not None:
+        release(None)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -122,6 +122,28 @@ class DrafterPhase:
         self._swap(engine)
 
 
+@torch.no_grad()
+def rollout_features(model: torch.nn.Module, batch, micro_batch: int, pad_id: int = 0, temperature: float = 1.0):
+    """The trainer's forward (no grad) over a rollout batch, micro-batch by micro-batch -> ``Features`` each."""
+    from trainers.logprobs import completion_logprobs
+
+    ids = [batch.prompts[int(i)].token_ids for i in batch.prompt_index]
+    model.eval()
+    for s in range(0, len(ids), micro_batch):
+        yield completion_logprobs(model, ids[s:s + micro_batch], batch.completion_ids[s:s + micro_batch],
+                                  batch.completion_mask[s:s + micro_batch], pad_id, temperature)[2]
+
+
+def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps: int, micro_batch: int = 32,
+                    temperature: float = 1.0) -> DrafterStats:
+    """Warm a drafter on a rollout batch of ``model`` (features from its forward) for ``steps`` optimizer steps:
+    the trainer's warm start, outside the trainer (benchmarks, tests)."""
+    drafter.new_step()
+    for feats in rollout_features(model, batch, micro_batch, temperature=temperature):
+        drafter.add(feats.to_drafter_batch())
+    return drafter.train(budget_s=float("inf"), max_steps=steps)
+
+
 def _add(a: DrafterStats, b: DrafterStats) -> DrafterStats:
     steps = a.steps + b.steps
     w = (lambda x, y: (x * a.steps + y * b.steps) / steps) if steps else (lambda x, y: 0.0)

@@ -91,6 +91,17 @@ class TrainEngine:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
+    def begin_micro(self) -> None:
+        """Call before each training micro-batch's forward. We run the module's parts directly (decoder, then the
+        head through the log-prob kernel) instead of ``engine(...)``, so we owe ZeRO what ``DeepSpeedEngine.forward``
+        does first: tell the optimizer a new micro-step begins. Without it ZeRO-3 keeps its micro-step counter at 0
+        and every backward *overwrites* the accumulated gradient partition, so with gradient accumulation only the
+        last micro-batch's gradient is applied (measured: 1 rank x 2 micro-batches gave a third of the gradient norm
+        of 2 ranks x 1)."""
+        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()
+
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 

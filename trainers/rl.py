@@ -251,13 +251,12 @@ class Trainer:
         if self.d.is_main:
             self.tracker.log(self.warmup_stats, 0)
 
-    @torch.no_grad()
     def _features_of(self, batch: RolloutBatch):
-        """The trainer's forward over a rollout batch, micro-batch by micro-batch (for the drafter's warm start)."""
-        rows, mb = _rows(batch), self.cfg.trainer.micro_batch_size
-        self.policy.module.eval()
-        for s in range(0, len(rows.prompt_ids), mb):
-            yield self.updater._logprobs(self.policy.module, rows.slice(slice(s, s + mb)))[2]
+        """The trainer's forward over a rollout batch (for the drafter's warm start)."""
+        from trainers.drafting import rollout_features
+
+        return rollout_features(self.policy.module, batch, self.cfg.trainer.micro_batch_size, self.pad_id,
+                                self.cfg.rollout.temperature)
 
     def maybe_resume(self) -> None:
         """``run.resume``: "auto" = newest complete checkpoint in the run folder (none: start fresh), or a path.

@@ -130,6 +130,7 @@ class Updater:
     def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice, g: GlobalCounts, sums: dict,
                       collect: bool = False) -> None:
         a = self.cfg.algo
+        self.policy.begin_micro()
         lp, ent, feats = self._logprobs(self.policy.module, r)
         if collect:
             self.on_features(feats)
@@ -164,6 +165,7 @@ class Updater:
     def _critic_micro(self, r: Rows, returns: torch.Tensor, old_values: torch.Tensor, g: GlobalCounts,
                       sums: dict) -> None:
         self.critic.module.train()
+        self.critic.begin_micro()
         v = completion_values(self.critic.module, r.prompt_ids, r.completion_ids, r.mask, self.pad_id)
         dev = v.device
         out = clipped_value_loss(v, old_values.to(dev), returns.to(dev), r.mask.to(dev), self.cfg.critic.value_clip)

@@ -80,3 +80,35 @@ def test_zero3_engine_gathers_buckets_into_the_full_state_dict(one_rank):
     for k in want:
         torch.testing.assert_close(got[k], want[k])
     assert all(p.numel() == 0 for p in engine.module.parameters())  # released again
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gradient_accumulation_over_micro_batches_equals_one_batch(one_rank, stage):
+    """The trainer runs the decoder and the head itself (not ``engine(...)``); with ``begin_micro`` ZeRO must still
+    accumulate: 2 micro-batches of 2 give the same gradient norm and update as 1 batch of 4 (ZeRO-3 used to keep
+    only the last micro-batch's gradient)."""
+    from recipes.loader import load
+    from trainers.engine import TrainEngine, policy_optim
+    from trainers.logprobs import completion_logprobs
+
+    torch.manual_seed(0)
+    prompts = [torch.randint(1, 40, (int(n),)).tolist() for n in (3, 5, 4, 6)]
+    comp = torch.randint(1, 40, (4, 5))
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1, 3:] = mask[2, 4:] = False
+    results = []
+    for micro, accum in ((4, 1), (2, 2)):
+        cfg, _ = load("tiny_grpo", [f"deepspeed.zero_stage={stage}", f"trainer.micro_batch_size={micro}",
+                                    "optim.grad_clip=100.0"])
+        engine = TrainEngine(_tiny_llama(seed=5), policy_optim(cfg), cfg, world_size=1, grad_accum=accum)
+        for s in range(0, 4, micro):
+            engine.begin_micro()
+            lp, _, _ = completion_logprobs(engine.module, prompts[s:s + micro], comp[s:s + micro], mask[s:s + micro],
+                                           0, 1.0, through_head_module=stage == 3)
+            engine.backward(-(lp * mask[s:s + micro]).sum() / mask.sum())
+            engine.step()
+        results.append((engine.grad_norm(), {k: v.clone() for k, v in engine.iter_hf_weights()}))
+    (n1, w1), (n2, w2) = results
+    assert n2 == pytest.approx(n1, rel=1e-4)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

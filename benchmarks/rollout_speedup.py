@@ -1,0 +1,134 @@
+"""Rollout speed with and without the online-trained drafter, side by side in one run.
+
+    python benchmarks/rollout_speedup.py [--run RUN_FOLDER] [--prompts 64] [--batch-sizes 1,4,16,64] [--json PATH]
+
+One policy checkpoint (``--run``: the run's exported policy and its drafter; default: the embedded base model and a
+drafter warm-started on its own rollouts exactly as the trainer does before RL step 1), the same held-out prompts,
+temperature 1, per-request seeds. For every batch size b the prompts are generated in consecutive calls of b
+prompts, alternating call by call between an engine without speculation and one with the drafter (adaptive K per
+batch size, the trainer's default), so machine noise hits both alike. Before measuring, one calibration pass over
+all batch sizes lets the speculation controller learn its goodput table (the trainer's engines learn it during the
+first rollouts the same way). Prints tokens/s for both, the ratio, the mean acceptance length and the K the
+controller settled on; ``--json PATH`` writes the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _load(args):
+    """-> (policy folder, drafter export or None to warm one, prompts)."""
+    from recipes.tasks import arith
+
+    from drafters.types import DrafterExport
+
+    if args.run:
+        run = Path(args.run)
+        model, drafter_dir = run / "export", run / "export" / "drafter"
+        if not (model / "config.json").exists() or not (drafter_dir / "config.json").exists():
+            raise SystemExit(f"--run {run}: needs export/ with export/drafter/ (a run with drafter.enabled=true)")
+        dcfg = json.loads((drafter_dir / "config.json").read_text())
+        drafter = DrafterExport(dcfg.get("laconic_drafter", "eagle"), dcfg.get("laconic_num_speculative_tokens", args.k),
+                                str(drafter_dir), 1)
+    else:
+        from recipes.tasks.base_model import ensure_base_model
+
+        model, drafter = ensure_base_model(), None
+    _, held_out = arith.make_splits(args.seed, 16, args.prompts)
+    return str(model), drafter, held_out
+
+
+def _warm_drafter(model_dir: str, engine, prompts, args):
+    """The trainer's warm start, outside the trainer: base rollouts -> trainer features -> drafter steps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from drafters.config import DrafterConfig
+    from drafters.online import OnlineDrafter
+    from rollout.types import SamplingSpec
+    from trainers.drafting import fit_on_rollouts
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    drafter = OnlineDrafter(DrafterConfig(enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512), cfg,
+                            model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
+    batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
+    t0 = time.perf_counter()
+    stats = fit_on_rollouts(drafter, model, batch, steps=args.warm_steps)
+    print(f"drafter warm start: {len(prompts)} prompts x 8, {stats.steps} steps in {time.perf_counter() - t0:.0f} s, "
+          f"top-1 agreement {stats.top1_agreement:.3f}")
+    return drafter.export(Path(args.workdir) / "drafter")
+
+
+def _measure(plain, spec, prompts, b: int, args) -> dict:
+    from rollout.types import SamplingSpec
+
+    tot = {"plain": [0.0, 0], "spec": [0.0, 0]}
+    drafts = accepted = enabled = calls = 0
+    for s in range(0, len(prompts), b):
+        chunk = prompts[s:s + b]
+        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s)
+        for name, eng in (("plain", plain), ("spec", spec)):
+            t0 = time.perf_counter()
+            out = eng.generate(chunk, sample)
+            tot[name][0] += time.perf_counter() - t0
+            tot[name][1] += int(out.num_tokens.sum())
+            if name == "spec":
+                drafts, accepted = drafts + out.spec.drafts, accepted + out.spec.accepted_tokens
+                enabled, calls = enabled + out.spec.enabled_frac, calls + 1
+    tp, ts = tot["plain"][1] / tot["plain"][0], tot["spec"][1] / tot["spec"][0]
+    bucket = spec.controller.bucket(b)
+    return {"batch": b, "plain_tok_s": tp, "spec_tok_s": ts, "ratio": ts / tp,
+            "mean_accept_len": 1 + accepted / drafts if drafts else 0.0, "spec_enabled_frac": enabled / calls,
+            "chosen_k": spec.controller.choice[bucket], "tokens": tot["spec"][1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="", help="run folder whose export/ and export/drafter/ to use")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--batch-sizes", default="1,4,16,64")
+    ap.add_argument("--max-tokens", type=int, default=400)
+    ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
+    ap.add_argument("--warm-steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from transformers import AutoTokenizer
+
+    from rollout.config import RolloutConfig
+    from rollout.types import Prompt
+    from rollout.vllm_engine import VLLMEngine
+
+    model_dir, drafter, rows = _load(args)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [Prompt(r["uid"], tok(r["prompt"], add_special_tokens=False)["input_ids"], {"answer": r["answer"]})
+               for r in rows]
+    rc = RolloutConfig(max_tokens=args.max_tokens, max_model_len=512, kv_cache_memory_bytes=128 * 2**20)
+    plain = VLLMEngine(model_dir, rc, seed=args.seed)
+    if drafter is None:
+        drafter = _warm_drafter(model_dir, plain, prompts, args)
+    spec = VLLMEngine(model_dir, rc, seed=args.seed, drafter=drafter)
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    for b in sizes:  # calibration: the controller measures every K on every batch size once
+        _measure(plain, spec, prompts[: max(b, len(prompts) // 4)], b, args)
+    rows_out = [_measure(plain, spec, prompts, b, args) for b in sizes]
+    print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
+          f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
+    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3}")
+    for r in rows_out:
+        print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
+              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "rows": rows_out},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The EAGLE head and the standalone draft LM in plain torch: Llama semantics exactly (so vLLM runs what we train),
+vLLM's pairing of tokens and hidden states (no off-by-one), learning on a fixed batch, and the checkpoint layout."""
+import json
+
+import pytest
+import torch
+
+from drafters.config import DrafterConfig
+from drafters.eagle import DecoderLayer, EagleHead, llama_sizes
+from drafters.online import OnlineDrafter
+from drafters.types import DrafterBatch
+
+CFG = {"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+       "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "vocab_size": 40, "max_position_embeddings": 128,
+       "model_type": "llama", "hidden_act": "silu"}
+
+
+def test_decoder_layer_is_llamas_without_input_norm_at_given_positions():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    torch.manual_seed(0)
+    hf_cfg = LlamaConfig(**CFG, num_hidden_layers=1)
+    hf = LlamaDecoderLayer(hf_cfg, layer_idx=0).eval()
+    hf.input_layernorm = torch.nn.Identity()  # vLLM's EAGLE layer 0
+    ours = DecoderLayer(llama_sizes(CFG)).eval()
+    missing = ours.load_state_dict({k: v for k, v in hf.state_dict().items()}, strict=False)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    x = torch.randn(2, 7, 64)
+    pos = torch.arange(3, 10).expand(2, 7)  # a window that does not start at 0: positions must be honoured
+    cos, sin = LlamaRotaryEmbedding(hf_cfg)(x, pos)
+    causal = torch.full((7, 7), float("-inf")).triu(1)[None, None]
+    want = hf(x, attention_mask=causal, position_embeddings=(cos, sin))
+    want = want[0] if isinstance(want, tuple) else want
+    torch.testing.assert_close(ours(x, pos, torch.ones(2, 7, dtype=torch.bool)), want, atol=1e-5, rtol=1e-5)
+
+
+def test_head_pairs_next_token_with_current_hidden_state():
+    """Pair p = (token_{p+1}, h_p) -> target h_{p+1}: with an oracle that returns h_{p+1}, the loss is exactly the
+    regression-free KL of identical distributions (0); pairing (token_p, h_p) would not be learnable at all."""
+    torch.manual_seed(0)
+    b, l, h, v = 2, 6, 64, 40
+    ids, hid = torch.randint(0, v, (b, l)), torch.randn(b, l, h)
+    valid, target = torch.ones(b, l, dtype=torch.bool), torch.zeros(b, l, dtype=torch.bool)
+    target[:, 2:5] = True
+    head = EagleHead(llama_sizes(CFG))
+    seen = {}
+
+    def oracle(next_ids, hidden, valid_, embed, positions=None):
+        seen["next_ids"], seen["hidden"] = next_ids, hidden
+        return torch.cat([hid[:, 1:], torch.zeros(b, 1, h)], 1)[:, : next_ids.shape[1]]  # h_{p+1}
+
+    head.forward = oracle
+    loss, agree, n = head.loss(DrafterBatch(ids, hid, valid, target), torch.randn(v, h), torch.randn(v, h), 1.0,
+                               1.0, 0.0)
+    assert torch.equal(seen["next_ids"], ids[:, 1:]) and torch.equal(seen["hidden"], hid[:, :-1])
+    assert n == 6 and int(agree) == 6 and float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def _fixed_batch(seed=0):
+    """A learnable toy: the next hidden state is a fixed function of the current token and hidden state."""
+    g = torch.Generator().manual_seed(seed)
+    b, l, h, v = 16, 24, 64, 40
+    emb = torch.randn(v, h, generator=g)
+    ids = torch.randint(0, v, (b, l), generator=g)
+    hid = torch.zeros(b, l, h)
+    hid[:, 0] = torch.randn(b, h, generator=g)
+    for p in range(1, l):
+        hid[:, p] = torch.tanh(0.5 * hid[:, p - 1] + emb[ids[:, p]])
+    target = torch.ones(b, l, dtype=torch.bool)
+    target[:, :3] = False
+    return DrafterBatch(ids, hid, torch.ones(b, l, dtype=torch.bool), target), emb, torch.randn(v, h, generator=g)
+
+
+@pytest.mark.parametrize("method", ["eagle", "draft_model"])
+def test_training_on_a_fixed_batch_lowers_loss_and_raises_top1(method):
+    batch, emb, head = _fixed_batch()
+    d = OnlineDrafter(DrafterConfig(method=method, lr=3e-3, batch_rows=16), CFG, emb, head, temperature=1.0)
+    before = d.evaluate(batch)
+    d.add(batch)
+    d.train(budget_s=1e9, max_steps=150)
+    after = d.evaluate(batch)
+    assert after.loss < 0.5 * before.loss
+    assert after.top1_agreement > before.top1_agreement + 0.2 and after.top1_agreement > 0.8
+
+
+def test_eagle_checkpoint_round_trips_in_vllm_layout(tmp_path):
+    head = EagleHead(llama_sizes(CFG))
+    head.save(tmp_path / "d", CFG)
+    from safetensors.torch import load_file
+
+    keys = set(load_file(str(tmp_path / "d" / "model.safetensors")))
+    assert "fc.weight" in keys and "layers.0.self_attn.q_proj.weight" in keys
+    assert not any("input_layernorm" in k or "embed_tokens" in k or "lm_head" in k for k in keys)  # vLLM shares them
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1 and cfg["architectures"] == ["LlamaForCausalLM"]
+    again = EagleHead.load(tmp_path / "d")
+    for (k, a), (_, b) in zip(head.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_sizes_reject_unsupported_rope():
+    with pytest.raises(ValueError, match="plain RoPE"):
+        llama_sizes(CFG | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})

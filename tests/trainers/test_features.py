@@ -1,0 +1,29 @@
+"""The drafter's training targets come from the trainer's own forward and line up with it: the hidden state at
+every target position q predicts exactly the completion token at q+1 the trainer scored (no off-by-one)."""
+import torch
+
+
+def test_drafter_targets_are_the_states_that_score_completion_tokens_1_to_n_minus_1():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainers.logprobs import completion_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    prompts = [[5, 6, 7], [8, 9]]
+    comp = torch.tensor([[11, 12, 13, 14], [15, 16, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        lp, _, feats = completion_logprobs(model, prompts, comp, mask, pad_id=0, temperature=1.0)
+    batch = feats.to_drafter_batch()
+    logp = torch.log_softmax(model.lm_head(batch.hidden_states), -1)  # [B,L,V]
+    for b, p in enumerate(prompts):
+        qs = batch.target[b].nonzero().flatten().tolist()
+        n = int(mask[b].sum())
+        assert qs == list(range(len(p), len(p) + n - 1))  # completion tokens 1 .. n-1
+        for q in qs:
+            t = q + 1 - len(p)  # the completion token h_q predicts
+            assert batch.token_ids[b, q + 1] == comp[b, t]
+            torch.testing.assert_close(logp[b, q, comp[b, t]], lp[b, t])
+    assert torch.equal(batch.valid.sum(-1), torch.tensor([7, 4]))
