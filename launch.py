@@ -2,6 +2,8 @@
 
     python launch.py [recipe=NAME] [key=value ...]               one process
     deepspeed [--num_gpus N] launch.py recipe=NAME [key=value ...]  N ranks (the launcher appends --local_rank=N)
+    python launch.py export run=RUN [step=N] [out=DIR] [push_to_hub=true repo_id=USER/NAME]
+    python launch.py eval model=MODEL [data=TASK|FILE] [samples=K] [compare=MODEL,...]
 
 With no recipe the embedded default runs: the tiny overthinking base model (built and cached on first use) is
 trained on the synthetic arithmetic task, offline, on CPU. ``recipe=tiny_sft`` only builds the base model.
@@ -49,10 +51,13 @@ def resolve_model(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("export", "eval"):
+        return command(argv[0], argv[1:])
     from recipes.loader import ConfigError, load
     from trainers.config import validate
 
-    recipe, overrides, local_rank = parse_argv(sys.argv[1:] if argv is None else argv)
+    recipe, overrides, local_rank = parse_argv(argv)
     try:
         cfg, yaml_text = load(recipe, overrides)
         validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
@@ -72,6 +77,44 @@ def main(argv: list[str] | None = None) -> dict | None:
     if trainer.d.is_main:
         print(_report(summary, trainer.run.path))
     return summary
+
+
+def command(name: str, argv: list[str]):
+    """``export`` / ``eval`` (:mod:`trainers.commands`): a bad argument or path exits with one clear line, before
+    anything heavy is loaded; a failed push says the local export is intact."""
+    from recipes.loader import ConfigError
+    from trainers.commands import CommandError, ExportError, export_command, show_help
+
+    if argv[:1] in (["-h"], ["--help"]):
+        show_help(name)
+        raise SystemExit(0)
+    try:
+        if name == "export":
+            return export_command(argv)
+        models, cfg, rows, data_name, out = _prepare_eval(argv)
+    except (CommandError, ExportError, ConfigError) as e:
+        raise SystemExit(f"laconic {name}: {e}") from None
+    from trainers.commands import evaluate_models
+
+    return evaluate_models(models, cfg, rows, data_name, out)
+
+
+def _prepare_eval(argv: list[str]) -> tuple:
+    """-> (models, config, held-out rows, data set name, output folder), everything checked."""
+    from recipes.loader import load
+    from recipes.tasks.data import heldout_rows
+    from trainers import commands as c
+
+    a, overrides = c.parse_args(c.EvalArgs, argv, "eval", config_keys=True)
+    models = c.eval_models(a)
+    run_config = str(models[0].run / "config.yaml") if models[0].run else None
+    cfg, _ = load(run_config, overrides + c.eval_overrides(a))
+    c.check_eval_config(cfg)
+    try:
+        rows, data_name = heldout_rows(cfg.data, a.data)
+    except (FileNotFoundError, ValueError) as e:
+        raise c.CommandError(str(e)) from None
+    return models, cfg, rows, data_name, c.eval_out(a, models)
 
 
 def _report(summary: dict, run_dir) -> str:

@@ -1,5 +1,6 @@
 """Checkpoints: ``checkpoints/step_N/`` = one DeepSpeed checkpoint per engine (``policy/``, ``critic/``) +
-``trainer_state.json`` + a ``COMPLETE`` marker.
+``trainer_state.json`` + ``hf/`` (the policy in HF format, what ``launch.py export step=N`` ships) + a ``COMPLETE``
+marker.
 
 A checkpoint is written into ``.step_N.tmp`` and renamed only once every rank has finished, so a run killed
 mid-save leaves the previous complete checkpoint as the newest usable one.
@@ -11,6 +12,7 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,10 +40,11 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: int, is_main: bool,
-         files: dict | None = None) -> Path:
+         files: dict | None = None, writers: dict[str, Callable[[Path], None]] | None = None) -> Path:
     """Every rank writes its shards of every engine into ``.step_N.tmp``; rank 0 then adds the trainer state, the
-    ``files`` (name -> object, ``torch.save``-d: e.g. the drafter) and the ``COMPLETE`` marker and renames the folder
-    into place (so a half-written checkpoint is never picked)."""
+    ``files`` (name -> object, ``torch.save``-d: e.g. the drafter), calls the ``writers`` (name -> function writing
+    that file or folder, e.g. the HF export) and adds the ``COMPLETE`` marker and renames the folder into place (so a
+    half-written checkpoint is never picked)."""
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,8 @@ def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: i
     if is_main:
         for name, obj in (files or {}).items():
             torch.save(obj, tmp / name)
+        for name, write in (writers or {}).items():
+            write(tmp / name)
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
         (tmp / "COMPLETE").write_text("")
         shutil.rmtree(final, ignore_errors=True)

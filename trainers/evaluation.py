@@ -15,7 +15,10 @@ from trainers.config import Config
 from trainers.metrics import length_stats
 
 
-def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: int) -> dict[str, float]:
+def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: int,
+             samples: list[dict] | None = None) -> dict[str, float]:
+    """-> eval/* metrics over all ranks' shares; with ``samples`` (a list) the first few completions of this rank
+    are appended to it (prompt, completion, answer, verdict, tokens) for the W&B table."""
     e = cfg.eval
     spec = SamplingSpec(n=e.samples, max_tokens=e.max_tokens or cfg.rollout.max_tokens, temperature=e.temperature,
                         top_p=e.top_p, seed=e.seed)
@@ -28,8 +31,20 @@ def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: 
         ok = verify(inp, cfg.reward.correctness.verifier)
         targets = [m.get("target_tokens") for m in batch.meta]
         rows = list(zip(batch.num_tokens.tolist(), ok.tolist(), batch.truncated.tolist(), targets))
+        if samples is not None:
+            samples += sample_rows(engine.tokenizer, batch, ok)
     allrows = [r for part in distributed.gather_objects(rows) for r in part]
     return eval_metrics(allrows)
+
+
+def sample_rows(tokenizer, batch, ok: torch.Tensor, k: int = 4) -> list[dict]:
+    """The first ``k`` completions of a batch as readable rows."""
+    out = []
+    for b in range(min(k, len(batch.texts))):
+        p = batch.prompts[int(batch.prompt_index[b])]
+        out.append({"uid": p.uid, "prompt": tokenizer.decode(p.token_ids), "completion": batch.texts[b],
+                    "answer": str(p.meta.get("answer")), "correct": bool(ok[b]), "tokens": int(batch.num_tokens[b])})
+    return out
 
 
 def eval_metrics(rows: list[tuple]) -> dict[str, float]:

@@ -208,11 +208,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def evaluate(self, step: int) -> dict:
-        m = evaluate(self.rollout, self.eval_prompts, self.cfg, self.d.rank, self.d.world_size)
+        samples: list[dict] = []
+        m = evaluate(self.rollout, self.eval_prompts, self.cfg, self.d.rank, self.d.world_size, samples)
         rec = {"step": step, "dataset": self.task.name} | m
         if self.d.is_main:
             self.run.log_eval(rec)
             self.tracker.log(m, step)
+            self.tracker.log_samples("eval/samples", samples, step)
         self.evals.append(rec)
         return rec
 
@@ -287,8 +289,11 @@ class Trainer:
                  "samplers": distributed.gather_objects(self.sampler.state_dict()),  # one per rank
                  "engines": distributed.gather_objects(self.rollout.state_dict())}  # speculation statistics
         files = {"drafter.pt": self.drafting.state_dict()} if self.drafting is not None else {}
+        # hf/ makes every checkpoint exportable (launch.py export step=N); every rank takes part in the ZeRO-3
+        # gathers, rank 0 keeps the tensors
+        weights = {k: v for k, v in self.policy.iter_hf_weights() if self.d.is_main}
         return checkpoint.save(self.engines, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
-                               self.d.is_main, files)
+                               self.d.is_main, files, writers={"hf": lambda path: self.export(path, weights)})
 
     def finish(self, wall_s: float) -> dict:
         keys = ("eval/acc", "eval/len_mean", "eval/len_median", "eval/len_p90", "eval/len_max",
@@ -305,9 +310,20 @@ class Trainer:
         if self.d.is_main:
             self.run.write_summary(summary)
             self.export(self.run.path / "export", weights)
+            self.report()
             self.tracker.finish()
         distributed.barrier()
         return summary
+
+    def report(self) -> None:
+        """The before/after Pareto plot (run folder and W&B) and the model card of ``export/``."""
+        from trainers.export import write_card
+        from trainers.plots import eval_points, pareto_plot
+
+        plot = pareto_plot(eval_points(self.evals), self.run.path / "pareto.png",
+                           title=f"{self.run.path.name}: held-out accuracy vs tokens")
+        self.tracker.log_image("eval/pareto", str(plot), self.step)
+        write_card(self.run.path / "export", self.run.path)
 
     def export(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """HF-format policy (LoRA merged) + tokenizer, from the full HF-named weights."""

@@ -28,6 +28,21 @@ class Tracker:
         if self.run is not None:
             self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
+    def log_image(self, key: str, path: str, step: int | None = None) -> None:
+        """A PNG (e.g. the end-of-run Pareto plot) as a W&B image."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    def log_samples(self, key: str, rows: list[dict], step: int) -> None:
+        """A few evaluation completions as a W&B table (columns = the rows' keys), to read what the numbers mean."""
+        if self.run is not None and rows:
+            import wandb
+
+            cols = list(rows[0])
+            self.run.log({key: wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])}, step=step)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()

@@ -65,6 +65,29 @@ def load_task(cfg: DataConfig) -> TaskData:
     return TaskData(train=train, eval=held_out, name=name)
 
 
+def heldout_rows(cfg: DataConfig, data: str = "") -> tuple[list[dict], str]:
+    """The held-out rows ``launch.py eval data=...`` names, and the data set's name: ``""`` = ``cfg``'s own held-out
+    set, a task name = that embedded task's (``cfg``'s seed and ``n_eval``), a path = the file's rows. Length targets
+    are written into the prompts as in training when ``cfg.length_target`` asks."""
+    from dataclasses import replace
+
+    if not data:
+        task = load_task(cfg)
+        return task.eval, task.name
+    if Path(data).suffix in (".jsonl", ".json", ".parquet") or Path(data).exists():
+        rows, lt = read_rows(data), cfg.length_target
+        if lt.mode != "none":
+            rows = with_length_targets(rows, lt, cfg.seed, [lt.eval_targets[i % len(lt.eval_targets)]
+                                                            for i in range(len(rows))])
+        return rows, Path(data).stem
+    from recipes.tasks import TASKS
+
+    if data not in TASKS:
+        raise ValueError(f"data={data!r} is neither a data file nor an embedded task (tasks: {sorted(TASKS)})")
+    task = load_task(replace(cfg, task=data, train_file="", eval_file=""))
+    return task.eval, task.name
+
+
 TARGET_TEXT = {"exact": "Think for {n} tokens.", "max": "Think for maximum {n} tokens."}  # L1's prompt suffixes
 
 
