@@ -42,6 +42,8 @@ def resolve_model(cfg) -> str:
     if cfg.model.path != "tiny-base":
         if not os.path.isdir(cfg.model.path):
             raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a folder (an HF model folder or 'tiny-base')")
+        if not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
+            raise FileNotFoundError(f"model.path={cfg.model.path!r} has no config.json: not an HF model folder")
         return cfg.model.path
     from recipes.tasks.base_model import ensure_base_model
     from recipes.tasks.cache import build_lock
@@ -67,13 +69,31 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"base model ready: {resolve_model(cfg)}")
         return None
     from recipes.tasks.data import load_task
+    from trainers.runlog import preflight
 
-    task = load_task(cfg.data)  # read and checked before the model is loaded
-    model_path = resolve_model(cfg)
-    from trainers.rl import Trainer
+    try:  # everything cheap is checked before a model is built or loaded
+        if cfg.run.output_dir:
+            preflight(cfg.run.output_dir, cfg.run.min_free_mb)
+        else:
+            preflight("runs", cfg.run.min_free_mb)
+    except OSError as e:
+        raise SystemExit(f"laconic: output error: {e}") from None
+    try:
+        task = load_task(cfg.data)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"laconic: data error: {e}") from None
+    try:
+        model_path = resolve_model(cfg)
+    except FileNotFoundError as e:
+        raise SystemExit(f"laconic: model error: {e}") from None
+    from trainers.rl import NonFiniteLoss, StorageError, Trainer
 
     trainer = Trainer(cfg, model_path, task, yaml_text, local_rank=local_rank)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except (NonFiniteLoss, StorageError) as e:
+        trainer.tracker.finish()
+        raise SystemExit(f"laconic: run stopped at step {trainer.step}: {e}") from None
     if trainer.d.is_main:
         print(_report(summary, trainer.run.path))
     return summary

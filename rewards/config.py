@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CorrectnessConfig:
-    verifier: str = "exact_integer"  # name in rewards.verifiers.VERIFIERS
+    verifier: str = "exact_integer"  # name in rewards.verifiers.VERIFIERS, or a user one: "module:function" / "file.py:function"
     correct: float = 1.0  # reward of a verified-correct completion
     incorrect: float = 0.0  # reward of a wrong or unparseable completion
 
@@ -77,7 +77,8 @@ class DECSCurriculumConfig:
 
 @dataclass
 class RewardConfig:
-    terms: dict[str, float] = field(default_factory=lambda: {"correctness": 1.0})  # term name -> weight in the total
+    terms: dict[str, float] = field(default_factory=lambda: {"correctness": 1.0})  # term name (or user "module:function") -> weight
+    timeout_s: float = 30.0  # per call of a verifier / user term: past it (or on an exception) the completion scores 0
     transforms: list[str] = field(default_factory=list)  # rollout transforms (rewards.TRANSFORMS) run before the terms
     truncation: str = "none"  # completions cut at the cap: none | zero (DLER paper) | scale (DLER code: x truncation_scale)
     truncation_scale: float = 0.1  # factor of a truncated completion's reward when truncation=scale

@@ -58,5 +58,5 @@ def dot(inp: RewardInput, cfg: RewardConfig) -> RewardInput:
         offsets[i] = offsets[i][:k]
     correct = inp.correct.clone()
     correct[rows] = verify_texts([texts[i] for i in rows], [inp.meta[i]["answer"] for i in rows],
-                                 cfg.correctness.verifier)
+                                 cfg.correctness.verifier, cfg.timeout_s)[0]  # a failed call is a False verdict
     return dataclasses.replace(inp, completions=texts, num_tokens=kept, token_offsets=offsets, correct=correct)

@@ -20,14 +20,16 @@ import torch
 from rewards.config import RewardConfig
 from rewards.groups import group_mean
 from rewards.types import RewardInput, RewardOutput
-from rewards.verifiers import VERIFIERS
+from rewards.guard import CallFailed, guarded, is_user_function, load_function
+from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
 TransformFn = Callable[[RewardInput, RewardConfig], RewardInput]
 TERMS: dict[str, TermFn] = {}
 STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
 TOKEN_LEVEL: set[str] = set()  # terms returning [B,T] token rewards instead of [B]
-TRANSFORMS: dict[str, TransformFn] = {}  # rollout transforms: verified input -> rewritten, re-verified input
+TRANSFORMS: dict[str, TransformFn] = {}
+_USER: dict[str, Callable] = {}  # user verifiers / terms named "module:function", loaded once  # rollout transforms: verified input -> rewritten, re-verified input
 TRUNCATION: dict[str, Callable[[torch.Tensor, torch.Tensor, RewardConfig], torch.Tensor]] = {
     "none": lambda r, cut, cfg: r,
     "zero": lambda r, cut, cfg: torch.where(cut, torch.zeros_like(r), r),  # DLER paper: truncated -> reward 0
@@ -93,17 +95,39 @@ def apply(states: dict[str, object], updates: list[dict[str, object]]) -> None:
         st.apply([u[name] for u in updates])
 
 
-def verify_texts(texts: list[str], answers: list, verifier: str) -> torch.Tensor:
-    """[N] bool verdicts of ``VERIFIERS[verifier](text, answer)``."""
+def resolve_verifier(verifier: str):
+    """A registered verifier's function, or a user one named ``"module:function"`` / ``"file.py:function"``."""
+    if is_user_function(verifier):
+        if verifier not in _USER:
+            _USER[verifier] = load_function(verifier, "reward.correctness.verifier")
+        return _USER[verifier]
     if verifier not in VERIFIERS:
-        raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)}")
-    fn = VERIFIERS[verifier]
-    return torch.tensor([bool(fn(t, a)) for t, a in zip(texts, answers)], dtype=torch.bool)
+        raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)} or name "
+                       "a function as 'module:function'")
+    return VERIFIERS[verifier]
 
 
-def verify(inp: RewardInput, verifier: str) -> torch.Tensor:
-    """[B] bool verdicts of ``VERIFIERS[verifier](completion, meta["answer"])``."""
-    return verify_texts(inp.completions, [m["answer"] for m in inp.meta], verifier)
+def verify_texts(texts: list[str], answers: list, verifier: str, timeout_s: float = 0.0,
+                 uids: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ([N] bool verdicts of ``verifier(text, answer)``, [N] bool errors). A call that raises or runs past
+    ``timeout_s`` is a verdict of False and an error (:mod:`rewards.guard`)."""
+    fn = resolve_verifier(verifier)
+    ok, err = [], []
+    for i, (t, a) in enumerate(zip(texts, answers)):
+        try:
+            ok.append(bool(guarded(fn, (t, a), timeout_s, verifier, f"row {uids[i] if uids else i}",
+                                   own_timer=verifier in SELF_TIMED)))
+            err.append(False)
+        except CallFailed:
+            ok.append(False)
+            err.append(True)
+    return torch.tensor(ok, dtype=torch.bool), torch.tensor(err, dtype=torch.bool)
+
+
+def verify(inp: RewardInput, verifier: str, timeout_s: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ([B] bool verdicts of the verifier on ``(completion, meta["answer"])``, [B] bool errors)."""
+    return verify_texts(inp.completions, [m["answer"] for m in inp.meta], verifier, timeout_s,
+                        [m.get("uid", i) for i, m in enumerate(inp.meta)])
 
 
 def truncated_rows(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
@@ -128,13 +152,19 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
     sequence-level terms; a token-level term adds ``weight * [B,T]`` to ``token_rewards`` and its per-sequence token
     mean to ``total``. ``zero`` sets a truncated row's reward to 0 (DLER paper), ``scale`` multiplies it by
     ``truncation_scale`` (DLER's released code: 0.1 x its score)."""
-    _check_names(cfg)
+    check_names(cfg)
+    errors = torch.zeros(len(inp.completions), dtype=torch.bool)
     if inp.correct is None:
-        inp = dataclasses.replace(inp, correct=verify(inp, cfg.correctness.verifier))
+        correct, errors = verify(inp, cfg.correctness.verifier, cfg.timeout_s)
+        inp = dataclasses.replace(inp, correct=correct)
     for name in cfg.transforms:
         inp = TRANSFORMS[name](inp, cfg)
-    terms = _evaluate_terms(inp, cfg, states or {})
+    terms = _evaluate_terms(inp, cfg, states or {}, errors)
     total, token_rewards = _combine(inp, cfg, terms)
+    if errors.any():  # a failed reward call scores the completion 0 (rewards.guard)
+        total = torch.where(errors, torch.zeros_like(total), total)
+        if token_rewards is not None:
+            token_rewards = token_rewards.masked_fill(errors[:, None], 0.0)
     cut = truncated_rows(inp, cfg)
     rule = TRUNCATION[cfg.truncation]
     total = rule(total, cut, cfg)
@@ -142,11 +172,15 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
         token_rewards = rule(token_rewards, cut[:, None].expand_as(token_rewards), cfg)
     kept = inp.num_tokens.clone() if cfg.transforms else None
     return RewardOutput(total=total, correct=inp.correct, terms=terms, token_rewards=token_rewards, input=inp,
-                        kept_tokens=kept)
+                        kept_tokens=kept, errors=errors)
 
 
-def _check_names(cfg: RewardConfig) -> None:
-    unknown = sorted(set(cfg.terms) - set(TERMS))
+def check_names(cfg: RewardConfig) -> None:
+    """Every name in ``cfg`` is registered or an importable user function (raises naming the field)."""
+    for name in cfg.terms:
+        if is_user_function(name) and name not in _USER:
+            _USER[name] = load_function(name, f"reward.terms[{name!r}]")
+    unknown = sorted(n for n in set(cfg.terms) - set(TERMS) if not is_user_function(n))
     if unknown:
         raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}")
     unknown = sorted(set(cfg.transforms) - set(TRANSFORMS))
@@ -158,10 +192,23 @@ def _check_names(cfg: RewardConfig) -> None:
         raise ValueError("reward.difficulty_cap_threshold > 0 does nothing with reward.truncation=none: set zero|scale")
 
 
-def _evaluate_terms(inp: RewardInput, cfg: RewardConfig, states: dict[str, object]) -> dict[str, torch.Tensor]:
+def _evaluate_terms(inp: RewardInput, cfg: RewardConfig, states: dict[str, object],
+                    errors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every term of ``cfg.terms``; a user term (``"module:function"``, ``fn(inp, cfg) -> [B]``) that raises or
+    times out gives 0 and marks all its rows in ``errors`` (in place)."""
     terms = {}
     for name in cfg.terms:
-        if name in STATE_TYPES:
+        if is_user_function(name):
+            try:
+                value = torch.as_tensor(guarded(_USER[name], (inp, cfg), cfg.timeout_s, name, "the batch"),
+                                        dtype=torch.float32)
+                if value.shape != (len(inp.completions),):
+                    raise CallFailed(f"returned shape {tuple(value.shape)}, not [{len(inp.completions)}]")
+            except CallFailed:
+                value = torch.zeros(len(inp.completions))
+                errors |= True
+            terms[name] = value
+        elif name in STATE_TYPES:
             if name not in states:
                 raise KeyError(f"reward term {name!r} is stateful: pass its state (rewards.make_states(cfg))")
             terms[name] = TERMS[name](inp, cfg, states[name]).to(torch.float32)

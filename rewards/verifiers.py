@@ -90,3 +90,4 @@ def math_equivalent(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_
 
 
 VERIFIERS = {"exact_integer": exact_integer, "math": math_equivalent}
+SELF_TIMED = {"math"}  # verifiers running their own SIGALRM timers (rewards.guard must not replace them)

@@ -68,6 +68,11 @@ def save(engines: dict, root: Path, step: int, trainer_state: dict, keep_last: i
     return final
 
 
+def discard_partial(root: Path, step: int) -> None:
+    """Remove the half-written ``.step_N.tmp`` of a failed save (best effort: the disk may still be full)."""
+    shutil.rmtree(root / f".step_{step}.tmp", ignore_errors=True)
+
+
 def resolve(resume: str, root: Path) -> Path | None:
     """The checkpoint folder ``run.resume`` names: none -> None; auto -> newest complete one (None if there is
     none yet); otherwise a folder that must hold a complete checkpoint."""

@@ -17,6 +17,7 @@ class RunConfig:
     output_dir: str = ""  # run folder; empty = runs/<recipe>-<timestamp>
     seed: int = 0  # seeds data order, sampling and initialisation
     resume: str = "none"  # "none" | "auto" (newest complete checkpoint in output_dir) | a checkpoint folder
+    min_free_mb: int = 256  # free space the run folder's disk must have at start (checked before any model loads)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class TrainerConfig:
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
     save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
     keep_last: int = 2  # checkpoints kept on disk
+    max_nonfinite_steps: int = 3  # steps in a row whose loss was NaN/inf (each skipped) before the run stops
     sync_check_every: int = 0  # every N weight syncs, verify vLLM's greedy output is the trainer's argmax; 0 = off
     sync_check_prompts: int = 2  # held-out prompts decoded greedily by the sync check
 
@@ -172,6 +174,14 @@ class Config:
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Cross-field rules, checked before any model is loaded. Raises ValueError naming the fields."""
+    from rewards.registry import check_names, resolve_verifier
+
+    check_names(cfg.reward)  # unknown terms / transforms, user terms ("module:function") importable
+    resolve_verifier(cfg.reward.correctness.verifier)
+    if cfg.reward.timeout_s < 0:
+        raise ValueError(f"reward.timeout_s={cfg.reward.timeout_s} must be >= 0 (0 = no per-call timeout)")
+    if cfg.trainer.max_nonfinite_steps < 1:
+        raise ValueError(f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
     from rewards import TERMS
     from trainers.advantages import ADVANTAGE
     from trainers.aggregation import AGGREGATIONS
@@ -192,7 +202,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     _one_of("logging.wandb_mode", cfg.logging.wandb_mode, ("auto", "online", "offline"))
     for name in cfg.reward.terms:
-        _one_of("reward.terms", name, TERMS)
+        if ":" not in name:  # "module:function" user terms were checked by check_names above
+            _one_of("reward.terms", name, TERMS)
     from rewards import TOKEN_LEVEL
 
     token_terms = sorted(set(cfg.reward.terms) & TOKEN_LEVEL)

@@ -86,6 +86,7 @@ class TrainEngine:
         self.bucket_bytes = cfg.deepspeed.sync_bucket_mb * 2**20
         self.frozen = any(not p.requires_grad for p in model.parameters())
         self._boundary_norm: float | None = None  # stage 0: DeepSpeed clips but does not keep the norm
+        self.at_boundary = False
 
     @property
     def module(self) -> torch.nn.Module:
@@ -105,7 +106,25 @@ class TrainEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
-    def step(self) -> None:
+    def step(self, skip: bool = False) -> None:
+        """One micro-step; at the accumulation boundary the optimizer steps. ``skip`` (a non-finite loss in this
+        optimizer step) runs that step at learning rate 0: the weights stay as they are, the scheduler advances and
+        DeepSpeed's bookkeeping stays in step on every rank."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.at_boundary = boundary  # read by the caller after step(): this micro-step completed an optimizer step
+        saved = None
+        if skip and boundary:
+            saved = [g["lr"] for g in self.optimizer.param_groups]
+            for g in self.optimizer.param_groups:
+                g["lr"] = 0.0
+        try:
+            self._step()
+        finally:
+            if saved is not None and self.optimizer.param_groups[0]["lr"] == 0.0:  # scheduler did not reset it
+                for g, lr in zip(self.optimizer.param_groups, saved):
+                    g["lr"] = lr
+
+    def _step(self) -> None:
         if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
             # gradients are already all-reduced here (every rank holds the averaged full gradient)
             grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]

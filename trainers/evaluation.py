@@ -28,7 +28,7 @@ def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: 
         batch = engine.generate(shard, spec)
         inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
                           group_ids=batch.group_ids, meta=batch.meta)
-        ok = verify(inp, cfg.reward.correctness.verifier)
+        ok, _ = verify(inp, cfg.reward.correctness.verifier, cfg.reward.timeout_s)  # failed call = incorrect
         targets = [m.get("target_tokens") for m in batch.meta]
         rows = list(zip(batch.num_tokens.tolist(), ok.tolist(), batch.truncated.tolist(), targets))
         if samples is not None:

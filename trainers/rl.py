@@ -43,6 +43,14 @@ from trainers.update import SUM_KEYS, Forward, Rows, Updater
 __all__ = ["Trainer", "TaskData"]
 
 
+class NonFiniteLoss(RuntimeError):
+    """trainer.max_nonfinite_steps steps in a row had a NaN/inf loss."""
+
+
+class StorageError(RuntimeError):
+    """A checkpoint or run file could not be written (disk full, unwritable folder)."""
+
+
 class Trainer:
     def __init__(self, cfg: Config, model_path: str, task: TaskData, config_yaml: str,
                  local_rank: int | None = None) -> None:
@@ -113,8 +121,13 @@ class Trainer:
                 fwd = self.updater.forward(rows, timers)
             with timers("advantage"):
                 adv, returns = self.advantage_phase(sample.batch, sample.rewards, fwd)
+            # NaN/inf in a reward (a user term) or an advantage: no update from this step on any rank (counted in
+            # train/nonfinite like a non-finite loss), instead of letting group statistics quietly zero it
+            bad = [sample.rewards.total, adv] + ([sample.rewards.token_rewards]
+                                                 if sample.rewards.token_rewards is not None else [])
+            flag = torch.tensor([0.0 if all(bool(torch.isfinite(x).all()) for x in bad) else 1.0])
             with timers("update"):
-                sums = self.updater.update(rows, adv, returns, fwd)
+                sums = self.updater.update(rows, adv, returns, fwd, skip=bool(distributed.all_sum(flag)[0] > 0))
             with timers("sync"):
                 self.sync_phase()
             if self.drafting is not None:
@@ -189,13 +202,16 @@ class Trainer:
               "acc/mean": float(rows[:, 2].mean())}
         m |= {f"reward/{k}": float(distributed.all_sum(v.to(torch.float64).sum().reshape(1))[0]) / rows.shape[0]
               for k, v in rewards.terms.items()}
+        errors = rewards.errors if rewards.errors is not None else torch.zeros(len(batch.num_tokens), dtype=torch.bool)
+        m["reward/errors"] = int(distributed.all_sum(errors.to(torch.float64).sum().reshape(1))[0])  # failed calls
         m |= length_stats(rows[:, 0], "len/")
         m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": gen / max(rollout_s / w, 1e-9),
               "rollout/sequences": rows.shape[0], "rollout/tokens": float(rows[:, 0].sum()),
               "rollout/generated_tokens": gen, "perf/tokens_per_s": processed / max(step_s, 1e-9),  # verl: tokens / (step time x ranks)
               "train/loss": s["loss"] / n_opt, "train/entropy": s["entropy"] / tok,
               "train/clip_frac": s["clip_frac"] / tok, "train/grad_norm": s["grad_norm"] / n_opt / w,
-              "train/lr": self.policy.lr(), "policy_version": self.version}
+              "train/lr": self.policy.lr(), "policy_version": self.version,
+              "train/nonfinite": int(max(s["nonfinite"], s["critic_nonfinite"]))}  # skipped optimizer steps (NaN/inf)
         if batch.sampler_logprobs is not None:
             m |= {"train/sampler_kl": s["sampler_kl"] / tok, "train/mismatch_ratio": s["mismatch_ratio"] / tok,
                   "train/is_kept_frac": s["kept_tokens"] / tok}
@@ -226,16 +242,28 @@ class Trainer:
                 self.warm_start_drafter()
             self.evaluate(self.step)
         bar = _progress(self.cfg, self.d.is_main, self.step)
+        nonfinite_streak = 0
         for step in range(self.step, t.max_steps):
             m = self.train_step(step)
             self.step = step + 1
+            skipped = m["train/nonfinite"] > 0  # a NaN/inf loss: that optimizer step ran at lr 0 (weights unchanged)
+            nonfinite_streak = nonfinite_streak + 1 if skipped else 0
             if self.d.is_main:
                 self.run.log_metrics(m)
                 self.tracker.log(m, self.step)
                 _update_bar(bar, m)
+            if nonfinite_streak >= t.max_nonfinite_steps:
+                good = checkpoint.complete_checkpoints(self.run.checkpoints)
+                raise NonFiniteLoss(
+                    f"the loss, a reward or an advantage was NaN/inf in {nonfinite_streak} steps in a row (steps {self.step - nonfinite_streak + 1}"
+                    f"-{self.step}; trainer.max_nonfinite_steps={t.max_nonfinite_steps}); their updates were skipped. "
+                    f"Stopping: the newest good checkpoint is "
+                    f"{good[-1][1] if good else 'none (no checkpoint was written yet)'}; metrics of the skipped "
+                    f"steps are in {self.run.path / 'metrics.jsonl'}. Common causes: a reward term returning NaN, "
+                    "a learning rate too high.")
             if t.eval_every and self.step % t.eval_every == 0 and self.step != t.max_steps:
                 self.evaluate(self.step)
-            if t.save_every and self.step % t.save_every == 0 and self.step != t.max_steps:
+            if t.save_every and self.step % t.save_every == 0 and self.step != t.max_steps and not skipped:
                 self.save()
         if bar is not None:
             bar.close()
@@ -292,8 +320,16 @@ class Trainer:
         # hf/ makes every checkpoint exportable (launch.py export step=N); every rank takes part in the ZeRO-3
         # gathers, rank 0 keeps the tensors
         weights = {k: v for k, v in self.policy.iter_hf_weights() if self.d.is_main}
-        return checkpoint.save(self.engines, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
-                               self.d.is_main, files, writers={"hf": lambda path: self.export(path, weights)})
+        try:
+            return checkpoint.save(self.engines, self.run.checkpoints, self.step, state, self.cfg.trainer.keep_last,
+                                   self.d.is_main, files, writers={"hf": lambda path: self.export(path, weights)})
+        except Exception as e:  # disk full (torch.save raises RuntimeError, plain writes OSError), quota, folder gone
+            checkpoint.discard_partial(self.run.checkpoints, self.step)
+            good = checkpoint.complete_checkpoints(self.run.checkpoints)
+            raise StorageError(f"could not write checkpoint step_{self.step} into {self.run.checkpoints}: "
+                               f"{type(e).__name__}: {e}. "
+                               f"Nothing earlier was touched: the newest complete checkpoint is "
+                               f"{good[-1][1] if good else 'none'}; free space and resume with run.resume=auto") from e
 
     def finish(self, wall_s: float) -> dict:
         keys = ("eval/acc", "eval/len_mean", "eval/len_median", "eval/len_p90", "eval/len_max",

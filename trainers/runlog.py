@@ -29,6 +29,29 @@ def _clean(v):
     return v
 
 
+def preflight(path: str | Path, min_free_mb: int) -> Path:
+    """Create the run folder and check it takes writes and its disk has ``min_free_mb`` free; -> the folder.
+    Raises OSError naming ``run.output_dir`` (cheap: meant to run before any model is built or loaded)."""
+    import shutil
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"run.output_dir={str(path)!r} cannot be created: {e}") from None
+    probe = path / f".write_probe.{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"run.output_dir={str(path)!r} is not writable: {e}") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise OSError(f"run.output_dir={str(path)!r}: only {free_mb:.0f} MiB free on its disk, run.min_free_mb="
+                      f"{min_free_mb} needed (checkpoints, metrics, export)")
+    return path
+
+
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

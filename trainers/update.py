@@ -53,7 +53,7 @@ class Rows:
 
 
 SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm", "sampler_kl", "mismatch_ratio",
-            "ref_kl", "vf_loss", "vf_clip_frac", "critic_grad_norm")
+            "ref_kl", "vf_loss", "vf_clip_frac", "critic_grad_norm", "nonfinite", "critic_nonfinite")
 
 
 class Updater:
@@ -66,6 +66,14 @@ class Updater:
         a, t = cfg.algo, cfg.trainer
         self.on_policy = t.epochs * t.mini_batches == 1
         self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
+        self._skip_policy = self._skip_critic = False  # a non-finite micro-batch loss skips its optimizer step
+        self._force_skip = False
+
+    @staticmethod
+    def _nonfinite(loss: torch.Tensor) -> bool:
+        """True on every rank when the loss is NaN/inf on any rank (so all ranks take the same branch)."""
+        flag = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0])
+        return bool(distributed.all_sum(flag)[0] > 0)
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -104,8 +112,11 @@ class Updater:
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], 0)
 
     # ------------------------------------------------------------------ update
-    def update(self, rows: Rows, adv: torch.Tensor, returns: torch.Tensor | None, fwd: Forward) -> dict[str, float]:
-        """All epochs and mini-batches; returns this rank's metric sums (SUM_KEYS)."""
+    def update(self, rows: Rows, adv: torch.Tensor, returns: torch.Tensor | None, fwd: Forward,
+               skip: bool = False) -> dict[str, float]:
+        """All epochs and mini-batches; returns this rank's metric sums (SUM_KEYS). ``skip`` (non-finite rewards or
+        advantages on some rank) runs every optimizer step at learning rate 0, as a non-finite loss does."""
+        self._force_skip = skip
         t, a = self.cfg.trainer, self.cfg.algo
         self.policy.module.train()
         n = len(rows.prompt_ids)
@@ -147,8 +158,16 @@ class Updater:
             if not a.kl_in_reward:
                 per_token = per_token + a.kl_coef * ref_kl
         loss = aggregate(per_token, isw.keep, a.aggregation, g)
-        self.policy.backward(loss)
-        self.policy.step()
+        if self._force_skip or self._nonfinite(loss):  # every rank backpropagates a zero; the optimizer step is skipped
+            self._skip_policy = True
+            loss_for_grad = lp.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
+        else:
+            loss_for_grad = loss
+        self.policy.backward(loss_for_grad)
+        self.policy.step(skip=self._skip_policy)
+        if self.policy.at_boundary:  # train/nonfinite counts skipped optimizer steps
+            sums["nonfinite"] += float(self._skip_policy)
+            self._skip_policy = False
         mf = mask.to(torch.float32)
         sums["loss"] += float(loss.detach())
         sums["entropy"] += float((ent.detach() * mf).sum())
@@ -170,8 +189,14 @@ class Updater:
         dev = v.device
         out = clipped_value_loss(v, old_values.to(dev), returns.to(dev), r.mask.to(dev), self.cfg.critic.value_clip)
         loss = aggregate(out.per_token, r.mask.to(dev), self.cfg.algo.aggregation, g)
+        if self._force_skip or self._nonfinite(loss):
+            self._skip_critic = True
+            loss = v.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
         self.critic.backward(loss)
-        self.critic.step()
+        self.critic.step(skip=self._skip_critic)
+        if self.critic.at_boundary:
+            sums["critic_nonfinite"] += float(self._skip_critic)
+            self._skip_critic = False
         sums["vf_loss"] += float(loss.detach())
         sums["vf_clip_frac"] += float(out.metrics["vf_clip_frac"].sum())
 
