@@ -40,7 +40,17 @@ class VLLMEngine:
         from vllm import LLM  # heavy import kept at the edge
 
         self.cfg, self.drafter = cfg, drafter
-        self.llm = LLM(**self._engine_kwargs(model_path, cfg, seed, drafter))
+        kwargs = self._engine_kwargs(model_path, cfg, seed, drafter)
+        added = {}
+        if kwargs.get("distributed_executor_backend") == "external_launcher":
+            rank = str(torch.distributed.get_rank())
+            added = {k: rank for k in ("RANK", "LOCAL_RANK") if k not in os.environ}
+        os.environ.update(added)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            for k in added:
+                os.environ.pop(k, None)
         self.tokenizer = self.llm.get_tokenizer()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.policy_version = 0
@@ -86,9 +96,8 @@ class VLLMEngine:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # share the live process group (the trainer's, or one an earlier engine in this process created); vLLM's
             # external launcher reads this process's place in it from RANK / LOCAL_RANK
-            rank = str(torch.distributed.get_rank())
-            os.environ.setdefault("RANK", rank)
-            os.environ.setdefault("LOCAL_RANK", rank)
+            # (set only while the engine is built, see __init__: a stray RANK would later tell other libraries,
+            # e.g. accelerate, that a launcher started this process)
             kwargs["distributed_executor_backend"] = "external_launcher"
         if drafter is not None:
             k = drafter.num_speculative_tokens

@@ -59,8 +59,10 @@ def base_model_dir() -> str:
         return str(ensure_base_model())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def one_rank():
+    """This process's place in the live default group (made if there is none): per module, because a vLLM engine of
+    an earlier test may have destroyed the group, or another library made a new one."""
     from trainers import distributed
 
     return distributed.init("gloo")

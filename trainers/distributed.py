@@ -36,7 +36,8 @@ def init(backend: str = "auto", local_rank: int | None = None) -> Dist:
     """Initialise (or join) the default process group and return this process's place in it."""
     if local_rank is not None:
         os.environ["LOCAL_RANK"] = str(local_rank)
-    if "RANK" not in os.environ:
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if not launched and not dist.is_initialized():  # a plain process (a stray RANK alone is no launcher)
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     cuda = torch.cuda.is_available()
@@ -48,12 +49,18 @@ def init(backend: str = "auto", local_rank: int | None = None) -> Dist:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-        _forget_stale_deepspeed_groups()
+    else:  # joined a live group someone else made (e.g. a vLLM engine's): DeepSpeed reads this process's place
+        os.environ.setdefault("RANK", str(dist.get_rank()))
+        os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+        os.environ.setdefault("LOCAL_RANK", str(lr))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # DeepSpeed's env check; the group exists already
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    _forget_stale_deepspeed_groups()  # whoever made the live group (we, vLLM, accelerate), DeepSpeed must use it
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr, device=device)
 
 
 def _forget_stale_deepspeed_groups() -> None:
-    """Drop DeepSpeed's cached sub-groups of a default group that is gone.
+    """Drop DeepSpeed's cached sub-groups when they belong to a default group that is gone.
 
     vLLM's engine shutdown destroys the default process group with plain ``torch.distributed``, which does not
     tell DeepSpeed; a later ``deepspeed.initialize`` in the same process would then broadcast over a cached clone of
@@ -63,7 +70,12 @@ def _forget_stale_deepspeed_groups() -> None:
 
     groups = sys.modules.get("deepspeed.utils.groups")
     release = getattr(groups, "_release_process_group_references", None)
-    if release is not None:
+    if release is None:
+        return
+    from torch.distributed.distributed_c10d import _world
+
+    cached = [getattr(groups, n, None) for n in ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP")]
+    if any(g is not None and g not in _world.pg_group_ranks for g in cached):
         release(None)
 
 

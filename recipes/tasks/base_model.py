@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import contextlib
 import pathlib
 import shutil
 import statistics
@@ -183,6 +184,30 @@ def sft_dataset(train_rows: list[dict], seed: int):
 
 def _sft(model, tokenizer, train_rows: list[dict], params: dict, work_dir: pathlib.Path) -> None:
     """Supervised fine-tuning with TRL on CPU; shows a progress bar and logs the loss every 100 steps."""
+    with _single_process_env():
+        _sft_in_this_process(model, tokenizer, train_rows, params, work_dir)
+
+
+@contextlib.contextmanager
+def _single_process_env():
+    """The build is a one-process job whatever started this process: with no live process group, hide the launcher
+    variables (a ``deepspeed`` launch, or ones left by a group that is gone) from accelerate while it runs, so it does
+    not try to join ranks that are not building; restored afterwards for the trainer."""
+    import os
+
+    import torch.distributed as dist
+
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ[k] for k in names if k in os.environ} if not dist.is_initialized() else {}
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _sft_in_this_process(model, tokenizer, train_rows: list[dict], params: dict, work_dir: pathlib.Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(

@@ -150,9 +150,11 @@ def test_hot_swap_changes_acceptance_in_the_live_engine(setup):
     untrained = eng.generate(ps, sample).spec
     eng.load_drafter(setup["trained"])
     again = eng.generate(ps, sample).spec
-    assert untrained.accepted_tokens / untrained.draft_tokens < 0.1
-    assert trained.accepted_tokens / trained.draft_tokens > 0.4
-    assert again.accepted_tokens / again.draft_tokens > 0.4
+    rate = {k: s.accepted_tokens / s.draft_tokens for k, s in (("trained", trained), ("untrained", untrained),
+                                                                ("again", again))}
+    assert rate["untrained"] < 0.1, rate  # a random head: (almost) nothing accepted
+    # the briefly trained head (250 steps) is accepted several times as often, in the same live engine, both ways
+    assert rate["trained"] > max(0.2, 3 * rate["untrained"]) and rate["again"] > max(0.2, 3 * rate["untrained"]), rate
 
 
 def test_policy_sync_keeps_the_eagle_head_on_the_policys_embedding_and_head(setup, base_model_dir):
