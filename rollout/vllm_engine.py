@@ -40,6 +40,7 @@ class VLLMEngine:
         from vllm import LLM  # heavy import kept at the edge
 
         self.cfg, self.drafter = cfg, drafter
+        self.show_progress = False  # vLLM's per-call progress bar (the trainer turns it on for rank 0)
         kwargs = self._engine_kwargs(model_path, cfg, seed, drafter)
         added = {}
         if kwargs.get("distributed_executor_backend") == "external_launcher":
@@ -124,7 +125,7 @@ class VLLMEngine:
                 ))
                 index.append(i)
         before = self._spec_counters()
-        outs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        outs = self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)
         return replace(self._to_batch(prompts, outs, index), spec=self._spec_delta(before))
 
     def _spec_counters(self) -> tuple[int, ...]:

@@ -91,6 +91,7 @@ class Trainer:
                                on_features=self.drafting.add_features if self.drafting else None)
         self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
                                   drafter=self.drafting.export if self.drafting else None)
+        self.rollout.show_progress = cfg.logging.progress and self.d.is_main  # a bar per rollout and evaluation
         self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer),
                                self.d.rank, self.d.world_size)
         if self.drafting is not None:
