@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(args):
@@ -99,6 +102,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))  # the rooms, when run as `python benchmarks/rollout_speedup.py`
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from transformers import AutoTokenizer
 

@@ -2,7 +2,7 @@
 
     python benchmarks/vs_trl.py [--steps 8] [--prompts-per-step P] [--n N] [--max-tokens T] [--micro-batch M]
                                 [--trl-mode vllm|generate] [--trl-vllm-dtype float32|auto] [--rounds R]
-                                [--eval-tokens E] [--workdir DIR] [--json PATH]
+                                [--eval-tokens E] [--workdir DIR] [--json PATH] [--laconic-set KEY=VALUE ...]
 
 P, N, T, M default to the ``tiny_grpo`` recipe (16 prompts x 8 samples, 400 tokens, micro-batch 32).
 
@@ -109,13 +109,15 @@ def run_laconic(a: argparse.Namespace, out: Path) -> dict:
     run_dir = out / "laconic_run"
     argv = [sys.executable, "launch.py", f"recipe={RECIPE}", *_shape_overrides(a), "trainer.eval_every=0",
             "logging.wandb=false", "logging.progress=false", f"run.output_dir={run_dir}", "eval.samples=1",
-            f"eval.max_tokens={a.eval_tokens}"]
+            f"eval.max_tokens={a.eval_tokens}", *a.laconic_set]
     t0 = time.perf_counter()
     _run(argv, out / "laconic.log")
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"system": "Laconic", "mode": "vLLM colocate (in-process, float32, sync: reload_weights)",
+    compiled = "rollout.enforce_eager=false" in a.laconic_set
+    return {"system": "Laconic", "mode": f"vLLM colocate (in-process, float32, {'compiled' if compiled else 'eager'}, "
+                                         "sync: reload_weights)",
             "step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
             "tokens": [r["rollout/tokens"] for r in rows], "len_mean": [r["len/mean"] for r in rows],
             "reward_mean": [r["reward/mean"] for r in rows], "process_wall_s": wall,
@@ -394,6 +396,8 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-tokens", type=int, default=64, help="Laconic's held-out eval cap (outside step time)")
     p.add_argument("--workdir", default=None, help="logs and run folders (default: a new temporary folder)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--laconic-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Laconic override, e.g. rollout.enforce_eager=false to compile the engine as TRL does")
     p.add_argument("--worker", choices=["trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
