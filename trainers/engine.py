@@ -87,6 +87,7 @@ class TrainEngine:
         self.frozen = any(not p.requires_grad for p in model.parameters())
         self._boundary_norm: float | None = None  # stage 0: DeepSpeed clips but does not keep the norm
         self.at_boundary = False
+        self.skip_pending = False  # a non-finite micro-batch in the current optimizer step: step it at lr 0
 
     @property
     def module(self) -> torch.nn.Module:

@@ -66,8 +66,20 @@ class Updater:
         a, t = cfg.algo, cfg.trainer
         self.on_policy = t.epochs * t.mini_batches == 1
         self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
-        self._skip_policy = self._skip_critic = False  # a non-finite micro-batch loss skips its optimizer step
-        self._force_skip = False
+        self._force_skip = False  # this step's rewards/advantages were non-finite: skip all its optimizer steps
+
+    def _backward_step(self, engine, loss: torch.Tensor, output: torch.Tensor, key: str, sums: dict) -> None:
+        """Backward and micro-step of ``engine``. A non-finite loss on any rank (or a forced skip) backpropagates
+        a zero through ``output`` instead (keeping every rank's collectives in step) and makes the optimizer step it
+        belongs to a skipped one, counted in ``sums[key]`` at its boundary."""
+        if self._force_skip or self._nonfinite(loss):
+            engine.skip_pending = True
+            loss = output.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
+        engine.backward(loss)
+        engine.step(skip=engine.skip_pending)
+        if engine.at_boundary:
+            sums[key] += float(engine.skip_pending)
+            engine.skip_pending = False
 
     @staticmethod
     def _nonfinite(loss: torch.Tensor) -> bool:
@@ -158,16 +170,7 @@ class Updater:
             if not a.kl_in_reward:
                 per_token = per_token + a.kl_coef * ref_kl
         loss = aggregate(per_token, isw.keep, a.aggregation, g)
-        if self._force_skip or self._nonfinite(loss):  # every rank backpropagates a zero; the optimizer step is skipped
-            self._skip_policy = True
-            loss_for_grad = lp.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
-        else:
-            loss_for_grad = loss
-        self.policy.backward(loss_for_grad)
-        self.policy.step(skip=self._skip_policy)
-        if self.policy.at_boundary:  # train/nonfinite counts skipped optimizer steps
-            sums["nonfinite"] += float(self._skip_policy)
-            self._skip_policy = False
+        self._backward_step(self.policy, loss, lp, "nonfinite", sums)
         mf = mask.to(torch.float32)
         sums["loss"] += float(loss.detach())
         sums["entropy"] += float((ent.detach() * mf).sum())
@@ -189,14 +192,7 @@ class Updater:
         dev = v.device
         out = clipped_value_loss(v, old_values.to(dev), returns.to(dev), r.mask.to(dev), self.cfg.critic.value_clip)
         loss = aggregate(out.per_token, r.mask.to(dev), self.cfg.algo.aggregation, g)
-        if self._force_skip or self._nonfinite(loss):
-            self._skip_critic = True
-            loss = v.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
-        self.critic.backward(loss)
-        self.critic.step(skip=self._skip_critic)
-        if self.critic.at_boundary:
-            sums["critic_nonfinite"] += float(self._skip_critic)
-            self._skip_critic = False
+        self._backward_step(self.critic, loss, v, "critic_nonfinite", sums)
         sums["vf_loss"] += float(loss.detach())
         sums["vf_clip_frac"] += float(out.metrics["vf_clip_frac"].sum())
 
