@@ -68,6 +68,7 @@ class DataConfig:
     seed: int = 0  # seed of the task's problem generator
     n_train: int = 4000  # training problems generated for the embedded task
     n_eval: int = 256  # held-out problems generated for the embedded task
+    train_rows: int = 0  # train on the first K training rows only (0 = all); the held-out split is unchanged
     train_file: str = ""  # JSONL/parquet of training rows (prompt, answer[, uid]); overrides task when set
     eval_file: str = ""  # JSONL/parquet of held-out rows
     length_target: LengthTargetConfig = field(default_factory=LengthTargetConfig)  # LCPO targets in the prompts
@@ -180,6 +181,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     resolve_verifier(cfg.reward.correctness.verifier)
     if cfg.reward.timeout_s < 0:
         raise ValueError(f"reward.timeout_s={cfg.reward.timeout_s} must be >= 0 (0 = no per-call timeout)")
+    if cfg.data.train_rows < 0:
+        raise ValueError(f"data.train_rows={cfg.data.train_rows} must be >= 0 (0 = every training row)")
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ValueError(f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
     from rewards import TERMS

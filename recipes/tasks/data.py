@@ -57,6 +57,12 @@ def load_task(cfg: DataConfig) -> TaskData:
             raise ValueError(f"data.task={cfg.task!r} is not one of {sorted(TASKS)}")
         train, held_out = TASKS[cfg.task].make_splits(cfg.seed, cfg.n_train, cfg.n_eval)
         name = cfg.task
+    if cfg.train_rows < 0:
+        raise ValueError(f"data.train_rows={cfg.train_rows} must be >= 0 (0 = every training row)")
+    if cfg.train_rows:
+        if cfg.train_rows > len(train):
+            raise ValueError(f"data.train_rows={cfg.train_rows} is more than the {len(train)} training rows")
+        train = train[:cfg.train_rows]
     lt = cfg.length_target
     if lt.mode != "none":
         train = with_length_targets(train, lt, cfg.seed, [None] * len(train))

@@ -63,6 +63,7 @@ def test_unknown_recipe_suggests():
     (["rollout.max_tokens=600", "rollout.max_model_len=512"], "rollout.max_tokens"),
     (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     (["rollout.temperature=0"], "rollout.temperature"),
+    (["data.train_rows=-1"], "data.train_rows"),
 ])
 def test_impossible_combinations_name_fields(overrides, field):
     cfg, _ = load("tiny_grpo", overrides)
@@ -91,3 +92,13 @@ def test_launch_cli_exit_code_and_message():
     p = subprocess.run([sys.executable, "launch.py", "recipe=tiny_grpo", "trainer.max_steps=lots"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "trainer.max_steps" in p.stderr
+
+
+def test_train_rows_keeps_the_held_out_split():
+    # tiny_hapo trains on a small set for several epochs; its held-out problems must be every other recipe's
+    from recipes.tasks.data import load_task
+
+    full, small = load_task(load("tiny_grpo", [])[0].data), load_task(load("tiny_hapo", [])[0].data)
+    assert small.eval == full.eval and small.train == full.train[:96] and len(full.train) == 4000
+    with pytest.raises(ValueError, match="data.train_rows=5000 is more than the 4000"):
+        load_task(load("tiny_grpo", ["data.train_rows=5000"])[0].data)
