@@ -47,9 +47,19 @@ class Rows:
     mask: torch.Tensor  # [B,T] bool
     sampler_logprobs: torch.Tensor | None  # [B,T]
 
-    def slice(self, sl: slice) -> "Rows":
+    def slice(self, sl: slice | torch.Tensor) -> "Rows":
+        """Rows ``sl`` (a slice, or a LongTensor of row indices)."""
         lp = self.sampler_logprobs[sl] if self.sampler_logprobs is not None else None
-        return Rows(self.prompt_ids[sl], self.completion_ids[sl], self.mask[sl], lp)
+        prompts = [self.prompt_ids[i] for i in sl.tolist()] if isinstance(sl, torch.Tensor) else self.prompt_ids[sl]
+        return Rows(prompts, self.completion_ids[sl], self.mask[sl], lp)
+
+    def by_length(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Indices of rows ``start:stop`` from shortest to longest sequence (prompt + completion; stable, so ties
+        keep their order). Micro-batches cut from this order are padded to similar lengths: with long-tailed
+        completions a random micro-batch is padded to its one long row, a sorted one mostly is not."""
+        stop = len(self.prompt_ids) if stop is None else stop
+        lens = torch.tensor([len(p) for p in self.prompt_ids[start:stop]]) + self.mask[start:stop].sum(-1)
+        return start + torch.sort(lens, stable=True).indices
 
 
 SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm", "sampler_kl", "mismatch_ratio",
@@ -118,10 +128,13 @@ class Updater:
                                    self.policy.zero_stage == 3, self.cfg.trainer.logprob_backend)
 
     def _map(self, rows: Rows, fn) -> torch.Tensor:
-        """fn over micro-batches of rows, concatenated into [B,T] on CPU."""
+        """fn over micro-batches of rows of similar length, as [B,T] on CPU in the rows' order."""
         mb, width = self.cfg.trainer.micro_batch_size, rows.completion_ids.shape[1]
-        parts = [fn(rows.slice(slice(s, s + mb))).float().cpu() for s in range(0, len(rows.prompt_ids), mb)]
-        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], 0)
+        order = rows.by_length()
+        parts = [fn(rows.slice(order[s:s + mb])).float().cpu() for s in range(0, len(order), mb)]
+        out = torch.empty((len(order), width), dtype=torch.float32)
+        out[order] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts], 0)
+        return out
 
     # ------------------------------------------------------------------ update
     def update(self, rows: Rows, adv: torch.Tensor, returns: torch.Tensor | None, fwd: Forward,
@@ -140,8 +153,9 @@ class Updater:
             for m0 in range(0, n, mb_size):
                 counts = distributed.all_sum(local_counts(keep[m0:m0 + mb_size]))
                 g = GlobalCounts(float(counts[0]), float(counts[1]), float(a.norm_length or self.cfg.rollout.max_tokens))
-                for s in range(m0, m0 + mb_size, t.micro_batch_size):
-                    sl = slice(s, s + t.micro_batch_size)
+                order = rows.by_length(m0, m0 + mb_size)  # same mini-batch, micro-batches of similar length
+                for s in range(0, mb_size, t.micro_batch_size):
+                    sl = order[s:s + t.micro_batch_size]
                     self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums, collect and epoch == 0 and m0 == 0)
                     if self.critic is not None:
                         self._critic_micro(rows.slice(sl), returns[sl], fwd.values[sl], g, sums)
@@ -150,7 +164,7 @@ class Updater:
                     sums["critic_grad_norm"] += self.critic.grad_norm()
         return sums
 
-    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice, g: GlobalCounts, sums: dict,
+    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice | torch.Tensor, g: GlobalCounts, sums: dict,
                       collect: bool = False) -> None:
         a = self.cfg.algo
         self.policy.begin_micro()
@@ -197,5 +211,5 @@ class Updater:
         sums["vf_clip_frac"] += float(out.metrics["vf_clip_frac"].sum())
 
 
-def _slice_is(w: ISWeights, sl: slice, device) -> ISWeights:
+def _slice_is(w: ISWeights, sl: slice | torch.Tensor, device) -> ISWeights:
     return ISWeights(w.weights[sl].to(device), w.keep[sl].to(device))

@@ -78,3 +78,35 @@ def test_two_real_gloo_ranks_give_the_one_rank_scalar(mode):
     got = dict(q.get(timeout=5) for _ in range(2))
     one = float(aggregate(L, M, mode, _g(M)))
     assert got[0] == pytest.approx(one) and got[1] == pytest.approx(one)
+
+
+@pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
+def test_length_sorted_micro_batches_sum_to_unsplit(mode):
+    # the updater cuts micro-batches from a by-length order of the mini-batch: any partition sums to the whole
+    whole, g = aggregate(L, M, mode, _g(M)), _g(M)
+    order = torch.tensor([2, 0, 1])
+    parts = [aggregate(L[order[s:s + 2]], M[order[s:s + 2]], mode, g) for s in (0, 2)]
+    assert float(sum(parts)) == pytest.approx(float(whole))
+
+
+def test_by_length_order_and_map_restores_row_order():
+    from types import SimpleNamespace
+
+    from trainers.update import Rows, Updater
+
+    lens = [5, 1, 3, 1, 4]
+    ids = torch.arange(1, 6)[:, None].expand(5, 6).clone()  # row i holds the value i+1
+    mask = torch.arange(6)[None, :] < torch.tensor(lens)[:, None]
+    rows = Rows([[7, 7]] * 5, ids, mask, None)
+    assert rows.by_length().tolist() == [1, 3, 2, 4, 0]  # stable: the two length-1 rows keep their order
+    assert rows.by_length(2, 5).tolist() == [3, 2, 4]
+    seen = []
+
+    def fn(r: Rows) -> torch.Tensor:  # a micro-batch's rows, padded only to its own longest
+        seen.append(r.completion_ids[:, 0].tolist())
+        return (r.completion_ids * r.mask)[:, :int(r.mask.sum(-1).max())].float()
+
+    me = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(micro_batch_size=2)))
+    out = Updater._map(me, rows, fn)
+    assert seen == [[2, 4], [3, 5], [1]]  # similar lengths together
+    assert torch.equal(out, (ids * mask).float())  # back in the rows' order, padded to the batch width
