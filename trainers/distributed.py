@@ -74,7 +74,8 @@ def _forget_stale_deepspeed_groups() -> None:
         return
     from torch.distributed.distributed_c10d import _world
 
-    cached = [getattr(groups, n, None) for n in ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP")]
+    names = ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP")
+    cached = [getattr(groups, n, None) for n in names]
     if any(g is not None and g not in _world.pg_group_ranks for g in cached):
         release(None)
 

@@ -164,8 +164,8 @@ class Updater:
                     sums["critic_grad_norm"] += self.critic.grad_norm()
         return sums
 
-    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice | torch.Tensor, g: GlobalCounts, sums: dict,
-                      collect: bool = False) -> None:
+    def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice | torch.Tensor, g: GlobalCounts,
+                      sums: dict, collect: bool = False) -> None:
         a = self.cfg.algo
         self.policy.begin_micro()
         lp, ent, feats = self._logprobs(self.policy.module, r)

@@ -10,10 +10,10 @@ CLI: ``python -m recipes.tasks.base_model [--out CACHE_DIR] [--seed N] [--force]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
-import contextlib
 import pathlib
 import shutil
 import statistics
@@ -193,8 +193,6 @@ def _single_process_env():
     """The build is a one-process job whatever started this process: with no live process group, hide the launcher
     variables (a ``deepspeed`` launch, or ones left by a group that is gone) from accelerate while it runs, so it does
     not try to join ranks that are not building; restored afterwards for the trainer."""
-    import os
-
     import torch.distributed as dist
 
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
