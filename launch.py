@@ -49,7 +49,8 @@ def resolve_model(cfg) -> str:
     from recipes.tasks.cache import build_lock
 
     with build_lock():
-        return str(ensure_base_model(seed=cfg.tiny_base.seed, force=cfg.tiny_base.force and cfg.job == "sft"))
+        return str(ensure_base_model(seed=cfg.tiny_base.seed, force=cfg.tiny_base.force and cfg.job == "sft",
+                                     **cfg.tiny_base.build_overrides()))
 
 
 def main(argv: list[str] | None = None) -> dict | None:

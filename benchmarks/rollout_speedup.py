@@ -57,7 +57,8 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    drafter = OnlineDrafter(DrafterConfig(enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512), cfg,
+    drafter = OnlineDrafter(DrafterConfig(enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512,
+                                          train_depth=args.train_depth), cfg,
                             model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
     batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
     t0 = time.perf_counter()
@@ -72,6 +73,7 @@ def _measure(plain, spec, prompts, b: int, args) -> dict:
 
     tot = {"plain": [0.0, 0], "spec": [0.0, 0]}
     drafts = accepted = enabled = calls = 0
+    per_pos0 = _per_position(spec)
     for s in range(0, len(prompts), b):
         chunk = prompts[s:s + b]
         sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s)
@@ -84,10 +86,20 @@ def _measure(plain, spec, prompts, b: int, args) -> dict:
                 drafts, accepted = drafts + out.spec.drafts, accepted + out.spec.accepted_tokens
                 enabled, calls = enabled + out.spec.enabled_frac, calls + 1
     tp, ts = tot["plain"][1] / tot["plain"][0], tot["spec"][1] / tot["spec"][0]
+    per_pos = [(a - b) / drafts if drafts else 0.0 for a, b in zip(_per_position(spec), per_pos0)]
     bucket = spec.controller.bucket(b)
     return {"batch": b, "plain_tok_s": tp, "spec_tok_s": ts, "ratio": ts / tp,
             "mean_accept_len": 1 + accepted / drafts if drafts else 0.0, "spec_enabled_frac": enabled / calls,
-            "chosen_k": spec.controller.choice[bucket], "tokens": tot["spec"][1]}
+            "chosen_k": spec.controller.choice[bucket], "tokens": tot["spec"][1],
+            "accept_per_position": per_pos}
+
+
+def _per_position(engine) -> list[int]:
+    """vLLM's cumulative accepted-token counts per draft position."""
+    for m in engine.llm.get_metrics():
+        if m.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            return list(getattr(m, "values", []))
+    return []
 
 
 def main() -> None:
@@ -98,6 +110,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
     ap.add_argument("--warm-steps", type=int, default=400)
+    ap.add_argument("--train-depth", type=int, default=1, help="drafter.train_depth of the warm-started drafter")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--json", default="")
@@ -125,10 +138,12 @@ def main() -> None:
     rows_out = [_measure(plain, spec, prompts, b, args) for b in sizes]
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
-    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3}")
+    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3}  "
+          "acceptance per draft position")
     for r in rows_out:
+        pos = " ".join(f"{x:.2f}" for x in r["accept_per_position"])
         print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
-              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3}")
+              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3}  {pos}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "rows": rows_out},
                                               indent=2))

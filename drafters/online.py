@@ -36,6 +36,7 @@ class OnlineDrafter:
         else:
             self.model = DraftLM.from_policy(policy_config, cfg.draft_layers, cfg.draft_hidden, embed, lm_head)
         self.model.to(embed.device)
+        self._loss_kw = {"depth": cfg.train_depth} if cfg.method == "eagle" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.embed, self.lm_head = embed.detach(), lm_head.detach()
         self.window: deque[list[tuple]] = deque(maxlen=cfg.replay_steps)  # per RL step: rows (ids, hidden, target)
@@ -97,7 +98,7 @@ class OnlineDrafter:
             if should_stop is not None and should_stop():
                 break
             loss, a, n = self.model.loss(self._minibatch(), self.embed, self.lm_head, self.temperature,
-                                         self.cfg.cls_weight, self.cfg.reg_weight)
+                                         self.cfg.cls_weight, self.cfg.reg_weight, **self._loss_kw)
             if n == 0:
                 break
             self.opt.zero_grad(set_to_none=True)
@@ -117,7 +118,7 @@ class OnlineDrafter:
         self.model.eval()
         t0 = time.perf_counter()
         loss, a, n = self.model.loss(batch, self.embed, self.lm_head, self.temperature, self.cfg.cls_weight,
-                                     self.cfg.reg_weight)
+                                     self.cfg.reg_weight, **self._loss_kw)
         return DrafterStats(loss=float(loss), top1_agreement=int(a) / max(n, 1), train_s=time.perf_counter() - t0,
                             steps=0, tokens=n)
 

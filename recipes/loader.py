@@ -90,6 +90,8 @@ def load(recipe: str | None, overrides: list[str]) -> tuple[Config, str]:
     name = recipe or "tiny_grpo"
     cfg = OmegaConf.structured(Config)
     for path, node in _load_yaml(name):
+        if OmegaConf.select(node, "reward.terms") is not None:
+            cfg.reward.terms = {}  # a recipe's reward terms are its whole reward, not additions to its base's
         cfg = _merge(cfg, node, f"recipe file {path}")
     for item in overrides:
         if "=" not in item:
@@ -98,6 +100,8 @@ def load(recipe: str | None, overrides: list[str]) -> tuple[Config, str]:
             dot = OmegaConf.from_dotlist([item])
         except Exception as e:
             raise ConfigError(f"override {item!r} could not be parsed: {e}") from None
+        if item.split("=", 1)[0].strip() == "reward.terms":
+            cfg.reward.terms = {}  # reward.terms={a: 1.0, ...} is the whole reward; reward.terms.a=1.0 adds or sets one
         cfg = _merge(cfg, dot, f"override {item!r}")
     cfg.recipe = Path(name).stem
     obj: Config = OmegaConf.to_object(cfg)

@@ -48,7 +48,7 @@ class KimiConfig:
 class DECSConfig:
     beta: float = 0.1  # token reward 1 + beta on necessary tokens, 1 + beta * (1 - n / max_len) on redundant ones
     max_len: int = 0  # L_max of the redundant-token reward; 0 = the rollout's completion cap (filled by the trainer)
-    detector: str = "answer_value"  # first-answer-chunk detector in rewards.decs.DETECTORS
+    detector: str = "answer_value"  # first-answer-chunk detector: rewards.decs.DETECTORS name or "module:function"
     weight: float = 1.0  # weight of the token-level term
 
 

@@ -44,7 +44,43 @@ def answer_value(chunk: str, answer: str) -> bool:
     return re.search(rf"=\s*{re.escape(answer)}(?!\d)", chunk) is not None
 
 
-DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value}
+def math_answer(chunk: str, answer: str) -> bool:
+    """Detector for math data sets: math-verify finds a value the chunk states (``\\boxed{}``, LaTeX or a plain
+    expression, its default extraction) equal to the reference answer. Chunks that do not even contain the reference's
+    digits are skipped before parsing (most chunks, and parsing is the expensive part). Example: answer "1/2",
+    chunk "so the probability is \\frac{1}{2}." -> True; "we need half of the 1st and 2nd terms" -> False."""
+    from math_verify import parse, verify  # lazily: heavy (sympy), and only math data sets need it
+
+    from rewards.verifiers import MATH_TIMEOUT_S
+
+    ref = str(answer).strip()
+    digits = re.findall(r"\d+", ref)
+    if not ref or not all(d in chunk for d in digits):
+        return False
+    gold = parse(ref if "$" in ref or "\\boxed" in ref else f"${ref}$", parsing_timeout=MATH_TIMEOUT_S)
+    pred = parse(chunk, parsing_timeout=MATH_TIMEOUT_S)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=MATH_TIMEOUT_S))
+
+
+DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value, "math_answer": math_answer}
+
+
+def detector_fn(name: str) -> Callable[[str, str], bool]:
+    """A registered detector, or a user one named ``"module:function"`` / ``"file.py:function"`` with the same
+    signature ``(chunk, answer) -> bool`` (e.g. a judge model behind a vLLM server)."""
+    from rewards.guard import is_user_function, load_function
+
+    if name in DETECTORS:
+        return DETECTORS[name]
+    if is_user_function(name):
+        if name not in _USER_DETECTORS:
+            _USER_DETECTORS[name] = load_function(name, "reward.decs.detector")
+        return _USER_DETECTORS[name]
+    raise KeyError(f"reward.decs.detector={name!r} is unknown; choose from {sorted(DETECTORS)} or name a function as "
+                   "'module:function'")
+
+
+_USER_DETECTORS: dict[str, Callable[[str, str], bool]] = {}
 
 
 def answer_chunk(completion: str, answer: str, detector: str = "answer_value"):
@@ -54,7 +90,7 @@ def answer_chunk(completion: str, answer: str, detector: str = "answer_value"):
     if span is None:
         return None
     body = completion[span[0]:span[1]]
-    chunks, found = split_chunks(body), DETECTORS[detector]
+    chunks, found = split_chunks(body), detector_fn(detector)
     first = next((j for j, (a, b) in enumerate(chunks) if found(body[a:b], answer)), None)
     return None if first is None else (span, chunks, first)
 

@@ -186,6 +186,10 @@ def check_names(cfg: RewardConfig) -> None:
     unknown = sorted(set(cfg.transforms) - set(TRANSFORMS))
     if unknown:
         raise KeyError(f"reward.transforms names unknown transform(s) {unknown}; registered: {sorted(TRANSFORMS)}")
+    if "decs" in cfg.terms or cfg.decs_curriculum.enabled:
+        from rewards.decs import detector_fn
+
+        detector_fn(cfg.decs.detector)  # unknown name / unimportable user detector: fail before any model loads
     if cfg.truncation not in TRUNCATION:
         raise ValueError(f"reward.truncation={cfg.truncation!r} is not one of {sorted(TRUNCATION)}")
     if cfg.difficulty_cap_threshold > 0 and cfg.truncation == "none":

@@ -33,6 +33,7 @@ class SpecStats:
     drafts: int = 0  # speculation rounds
     draft_tokens: int = 0  # tokens proposed by the drafter
     accepted_tokens: int = 0  # proposed tokens the target accepted
+    handoffs: int = 0  # completions handed over from the drafter-less body to speculation (see VLLMEngine.generate)
 
     @property
     def mean_accept_len(self) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import torch
@@ -56,6 +56,7 @@ class VLLMEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.policy_version = 0
         self.controller = self.meter = None
+        self._calls = 0  # generate calls (request-id prefix for the step-by-step driver)
         self.lossless = "no speculation"
         if drafter is not None:
             self._start_speculation(drafter)
@@ -126,8 +127,78 @@ class VLLMEngine:
                 ))
                 index.append(i)
         before = self._spec_counters()
-        outs = self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)
-        return replace(self._to_batch(prompts, outs, index), spec=self._spec_delta(before))
+        if self.meter is None or not self.cfg.spec_handoff:
+            outs = [_Completion.of(o.outputs[0], self.cfg.logprobs)
+                    for o in self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)]
+            handed = 0
+        else:
+            outs, handed = self._generate_with_handoff(requests, params)
+        return replace(self._to_batch(prompts, outs, index), spec=replace(self._spec_delta(before), handoffs=handed))
+
+    def _generate_with_handoff(self, requests: list, params: list) -> tuple[list["_Completion"], int]:
+        """Drive the engine step by step; once the rollout's body has run without the drafter (K = 0, see
+        ``rollout.speculative.gate_drafter``) and the requests still running are few enough that the controller
+        speculates for them, hand them over: each is aborted and continues as a new request whose prompt is its prompt
+        plus its completion so far (one prefill, which also writes the drafter's KV the body skipped; the prefix cache
+        is not read for it, since its cached blocks lack that KV). Sampling a continuation from the exact prefix draws
+        from the same distribution; its seed is derived from the request's seed and the hand-off position, so the
+        stream stays reproducible for a given hand-off point. -> (completions in request order, rows handed over)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        tag = f"laconic-{self._calls}-"
+        self._calls += 1
+        for i, (req, sp) in enumerate(zip(requests, params)):
+            sp.output_kind = RequestOutputKind.FINAL_ONLY
+            engine.add_request(f"{tag}{i}", req, sp)
+        done: dict[int, _Completion] = {}
+        partial: dict[int, _Completion] = {}  # row -> what it had generated when handed over
+        skipped0 = self.meter.steps - self.meter.spec_steps
+        handed = False
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        row = int(out.request_id.rsplit("-", 1)[1].split("+")[0])
+                        c = _Completion.of(out.outputs[0], self.cfg.logprobs)
+                        done[row] = partial.pop(row).extend(c) if row in partial else c
+                running = len(requests) - len(done)
+                if (not handed and running and self.meter.steps - self.meter.spec_steps > skipped0
+                        and running <= self.controller.handoff_size(self.meter.size)):
+                    handed = True
+                    partial = self._hand_over(engine, tag, requests, params, set(done))
+        except BaseException:  # leave no request of this call behind in the engine for the next call to collect
+            live = [st.external_req_id for st in engine.output_processor.request_states.values()
+                    if st.external_req_id.startswith(tag)]
+            engine.abort_request(live)
+            raise
+        return [done[i] for i in range(len(requests))], len(partial) + sum(c.handed for c in done.values())
+
+    def _hand_over(self, engine, tag: str, requests: list, params: list, finished: set[int]) -> dict:
+        """Abort the running requests and add their continuations (see ``_generate_with_handoff``)."""
+        from vllm.inputs import TokensPrompt
+
+        states = engine.output_processor.request_states
+        rows = {int(st.external_req_id[len(tag):]): st for st in states.values()
+                if st.external_req_id.startswith(tag) and "+" not in st.external_req_id}
+        taken = {}
+        for row, st in rows.items():
+            if row in finished:
+                continue
+            ids = list(st.detokenizer.output_token_ids)
+            lps = None
+            if self.cfg.logprobs:
+                lps = sampled_logprobs(st.logprobs_processor.logprobs, ids) if ids else torch.zeros(0)
+            taken[row] = _Completion(ids, lps, "", None, handed=True)
+        engine.abort_request([f"{tag}{row}" for row in taken])
+        for row, c in taken.items():
+            sp = params[row].clone()
+            sp.max_tokens = params[row].max_tokens - len(c.token_ids)
+            sp.seed = (params[row].seed * 1_000_003 + len(c.token_ids) * 7919 + 17) % _SEED_MOD
+            sp.skip_reading_prefix_cache = True
+            prompt = TokensPrompt(prompt_token_ids=list(requests[row]["prompt_token_ids"]) + c.token_ids)
+            engine.add_request(f"{tag}{row}+{len(c.token_ids)}", prompt, sp)
+        return taken
 
     def _spec_counters(self) -> tuple[int, ...]:
         """(drafts, draft tokens, accepted tokens, engine steps, speculative steps), cumulative."""
@@ -144,8 +215,7 @@ class VLLMEngine:
         return SpecStats(enabled_frac=d[4] / d[3] if d[3] else 0.0, drafts=d[0], draft_tokens=d[1],
                          accepted_tokens=d[2])
 
-    def _to_batch(self, prompts: list[Prompt], outs: list, index: list[int]) -> RolloutBatch:
-        comps = [o.outputs[0] for o in outs]
+    def _to_batch(self, prompts: list[Prompt], comps: list["_Completion"], index: list[int]) -> RolloutBatch:
         width = max(1, max(len(c.token_ids) for c in comps))
         ids = torch.full((len(comps), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(comps), width), dtype=torch.bool)
@@ -155,13 +225,15 @@ class VLLMEngine:
             ids[b, :n] = torch.tensor(c.token_ids, dtype=torch.long)
             mask[b, :n] = True
             if lps is not None and c.logprobs is not None and n:
-                lps[b, :n] = sampled_logprobs(c.logprobs, c.token_ids)
+                lps[b, :n] = c.logprobs
+        texts = [c.text if not c.handed else self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+                 for c in comps]
         prompt_index = torch.tensor(index, dtype=torch.long)
         return RolloutBatch(
             prompts=prompts, prompt_index=prompt_index, group_ids=prompt_index.clone(),
             completion_ids=ids, completion_mask=mask, sampler_logprobs=lps,
             truncated=torch.tensor([c.finish_reason == "length" for c in comps], dtype=torch.bool),
-            texts=[c.text for c in comps], policy_version=self.policy_version, spec=SpecStats(),
+            texts=texts, policy_version=self.policy_version, spec=SpecStats(),
         )
 
     def load_policy(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -195,6 +267,31 @@ class VLLMEngine:
     def load_state_dict(self, state: dict) -> None:
         if self.controller is not None and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
+
+
+@dataclass
+class _Completion:
+    """One finished completion: token ids, the sampler's log-prob of each ([n] float, or None), text, finish reason;
+    ``handed`` when it was continued by a hand-off (its text is then decoded from the ids)."""
+
+    token_ids: list[int]
+    logprobs: torch.Tensor | None
+    text: str
+    finish_reason: str | None
+    handed: bool = False
+
+    @classmethod
+    def of(cls, c, with_logprobs: bool) -> "_Completion":
+        ids = list(c.token_ids)
+        lps = sampled_logprobs(c.logprobs, ids) if with_logprobs and c.logprobs is not None and ids else None
+        return cls(ids, lps, c.text, c.finish_reason)
+
+    def extend(self, rest: "_Completion") -> "_Completion":
+        """This partial completion followed by its continuation."""
+        lps = None
+        if self.logprobs is not None or rest.logprobs is not None:
+            lps = torch.cat([x if x is not None else torch.zeros(0) for x in (self.logprobs, rest.logprobs)])
+        return _Completion(self.token_ids + rest.token_ids, lps, "", rest.finish_reason, handed=True)
 
 
 def sampled_logprobs(flat, token_ids) -> torch.Tensor:

@@ -155,6 +155,37 @@ def test_build_params_validate_and_hash_stably():
         bm.build_params(0, not_a_parameter=1)
 
 
+def test_length_instruction_build_keeps_the_default_key_and_states_each_trace_length_loosely():
+    from recipes.tasks import arith
+    from recipes.tasks import base_model as bm
+    from recipes.tasks.tokenizer import build_tokenizer
+
+    default = bm.build_params(0)
+    assert not set(bm.OPTIONAL_BUILD) & set(default)  # at their defaults the new parameters leave the cache key alone
+    assert bm.build_key(bm.build_params(0, length_instructions=0.0)) == bm.build_key(default)
+    params = bm.build_params(0, length_instructions=0.5, instruction_spread=0.5)
+    assert bm.build_key(params) != bm.build_key(default)
+    for bad in (dict(length_instructions=1.5), dict(instruction_mode="soft"), dict(instruction_spread=1.0)):
+        with pytest.raises(ValueError):
+            bm.build_params(0, **bad)
+    tok = build_tokenizer()
+    train, _ = arith.make_splits(0, 400, 4)
+    plain, rows = bm.sft_rows(train, 0, tok), bm.sft_rows(train, 0, tok, params)
+    assert [r["completion"] for r in plain] == [r["completion"] for r in rows]
+    assert all("Think" not in r["prompt"] for r in plain)
+    stated = [r for r in rows if "Think for" in r["prompt"]]
+    assert 0.4 < len(stated) / len(rows) < 0.6
+    for r, p in zip(rows, plain):
+        if r in stated:
+            n = int(r["prompt"].split("Think for ")[1].split(" ")[0])
+            length = len(tok(r["completion"])["input_ids"]) + 1
+            assert 0.5 * length - 1 <= n <= 1.5 * length + 1
+            assert r["prompt"] == f"{p['prompt'].rstrip()}\nThink for {n} tokens.\n"  # as data.length_target writes it
+        else:
+            assert r == p
+    assert bm.sft_rows(train[:50], 0, tok, params) == rows[:50]  # per-row draws: independent of the other rows
+
+
 def test_cache_root_honours_env(monkeypatch, tmp_path):
     from recipes.tasks import base_model as bm
 

@@ -190,7 +190,7 @@ def _evaluate_one(model: EvalModel, cfg, rows: list[dict], name: str, out: Path)
     from trainers.evaluation import evaluate
     from trainers.runlog import RunFolder
 
-    prompts = to_prompts(rows, AutoTokenizer.from_pretrained(model.path))
+    prompts = to_prompts(rows, AutoTokenizer.from_pretrained(model.path), cfg.data)
     engine = VLLMEngine(str(model.path), cfg.rollout, seed=cfg.run.seed)
     samples: list[dict] = []
     t0 = time.perf_counter()

@@ -51,6 +51,18 @@ class CriticConfig:
 class TinyBaseConfig:
     seed: int = 0  # seed of the embedded base model's data and SFT
     force: bool = False  # rebuild even when a cached model exists
+    sft_steps: int = 0  # SFT optimizer steps (0 = the build's default, 3000)
+    length_instructions: float = 0.0  # share of SFT prompts stating the trace's length loosely (a base for LCPO)
+    instruction_mode: str = "exact"  # the stated line: exact ("Think for N tokens.") | max ("... maximum N ...")
+    instruction_spread: float = 0.5  # stated N = trace length x U[1 - spread, 1 + spread] (max: U[1, 1 + spread])
+
+    def build_overrides(self) -> dict:
+        """The base-model build parameters these settings ask for (recipes.tasks.base_model.build_params)."""
+        out = {"max_steps": self.sft_steps} if self.sft_steps else {}
+        if self.length_instructions:
+            out.update(length_instructions=self.length_instructions, instruction_mode=self.instruction_mode,
+                       instruction_spread=self.instruction_spread)
+        return out
 
 
 @dataclass
@@ -72,6 +84,8 @@ class DataConfig:
     train_file: str = ""  # JSONL/parquet of training rows (prompt, answer[, uid]); overrides task when set
     eval_file: str = ""  # JSONL/parquet of held-out rows
     length_target: LengthTargetConfig = field(default_factory=LengthTargetConfig)  # LCPO targets in the prompts
+    prompt_template: str = "{prompt}"  # the user message; {prompt} = the row's prompt (with its length target, if any)
+    chat_template: bool = False  # wrap the message with the tokenizer's chat template, assistant turn opened
 
 
 @dataclass
@@ -181,8 +195,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     resolve_verifier(cfg.reward.correctness.verifier)
     if cfg.reward.timeout_s < 0:
         raise ValueError(f"reward.timeout_s={cfg.reward.timeout_s} must be >= 0 (0 = no per-call timeout)")
+    if "{prompt}" not in cfg.data.prompt_template:
+        raise ValueError(f"data.prompt_template={cfg.data.prompt_template!r} must contain {{prompt}}")
     if cfg.data.train_rows < 0:
         raise ValueError(f"data.train_rows={cfg.data.train_rows} must be >= 0 (0 = every training row)")
+    _validate_tiny_base(cfg.tiny_base)
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ValueError(f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
     from rewards import TERMS
@@ -247,6 +264,16 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _validate_trainer_depth(cfg)
 
 
+def _validate_tiny_base(tb: TinyBaseConfig) -> None:
+    if tb.sft_steps < 0:
+        raise ValueError(f"tiny_base.sft_steps={tb.sft_steps} must be >= 0 (0 = the build's default)")
+    if not 0.0 <= tb.length_instructions <= 1.0:
+        raise ValueError(f"tiny_base.length_instructions={tb.length_instructions} must lie in [0, 1]")
+    _one_of("tiny_base.instruction_mode", tb.instruction_mode, ("exact", "max"))
+    if not 0.0 <= tb.instruction_spread < 1.0:
+        raise ValueError(f"tiny_base.instruction_spread={tb.instruction_spread} must lie in [0, 1)")
+
+
 def _validate_length_target(cfg: Config) -> None:
     lt = cfg.data.length_target
     _one_of("data.length_target.mode", lt.mode, ("none", "exact", "max"))
@@ -298,7 +325,8 @@ def _validate_trainer_depth(cfg: Config) -> None:
     dr = cfg.drafter
     if dr.enabled:
         _one_of("drafter.method", dr.method, ("eagle", "draft_model"))
-        for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step", "max_steps_per_update"):
+        for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step",
+                     "max_steps_per_update", "train_depth"):
             if getattr(dr, name) < 1:
                 raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
         if dr.method == "eagle" and cfg.model.dtype != cfg.rollout.dtype:

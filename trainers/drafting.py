@@ -154,12 +154,13 @@ def _add(a: DrafterStats, b: DrafterStats) -> DrafterStats:
 def spec_metrics(stats: list[SpecStats]) -> dict:
     """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
     length counts the bonus token)."""
-    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.enabled_frac] for s in stats] or [[0, 0, 0, 0]],
-                       dtype=torch.float64)
-    summed = distributed.all_sum(torch.cat([tot[:, :3].sum(0), torch.tensor([tot[:, 3].mean(), 1.0],
+    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.handoffs, s.enabled_frac] for s in stats]
+                       or [[0, 0, 0, 0, 0]], dtype=torch.float64)
+    summed = distributed.all_sum(torch.cat([tot[:, :4].sum(0), torch.tensor([tot[:, 4].mean(), 1.0],
                                                                              dtype=torch.float64)]))
-    drafts, draft_tokens, accepted, enabled, ranks = summed.tolist()
+    drafts, draft_tokens, accepted, handoffs, enabled, ranks = summed.tolist()
     return {"spec/enabled_frac": enabled / ranks, "spec/draft_tokens": draft_tokens, "spec/accepted_tokens": accepted,
+            "spec/handoffs": handoffs,
             "spec/mean_accept_len": 1.0 + accepted / drafts if drafts else 0.0,
             "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
 

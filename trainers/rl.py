@@ -92,11 +92,11 @@ class Trainer:
         self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
                                   drafter=self.drafting.export if self.drafting else None)
         self.rollout.show_progress = cfg.logging.progress and self.d.is_main  # a bar per rollout and evaluation
-        self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer),
+        self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer, cfg.data),
                                self.d.rank, self.d.world_size)
         if self.drafting is not None:
             self.sampler.after_rollout = self.drafting.idle_train
-        self.eval_prompts = to_prompts(task.eval, self.tokenizer)
+        self.eval_prompts = to_prompts(task.eval, self.tokenizer, cfg.data)
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name,
                                json.loads(json.dumps(asdict(cfg), default=str)), enabled=self.d.is_main)
         self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
@@ -277,7 +277,7 @@ class Trainer:
         strided share; they do not touch the RL prompt stream)."""
         c, r = self.cfg.drafter, self.cfg.rollout
         rows = self.task.train[self.d.rank::self.d.world_size][: max(1, c.warmup_prompts // self.d.world_size)]
-        self.warmup_stats = self.drafting.warm_start(self.rollout, to_prompts(rows, self.tokenizer), r.n,
+        self.warmup_stats = self.drafting.warm_start(self.rollout, to_prompts(rows, self.tokenizer, self.cfg.data), r.n,
                                                      r.max_tokens, r.temperature, self._features_of, self.cfg.run.seed)
         if self.d.is_main:
             self.tracker.log(self.warmup_stats, 0)

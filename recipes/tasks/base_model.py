@@ -22,6 +22,7 @@ import time
 import uuid
 
 from recipes.tasks import arith
+from recipes.tasks.data import TARGET_TEXT
 from rewards.verifiers import exact_integer, extract_answer
 
 BUILD_VERSION = 2  # bump when the build recipe changes in a way the parameters do not capture
@@ -49,6 +50,18 @@ DEFAULT_BUILD = {
     "eval_max_new_tokens": 512,
     "eval_batch_size": 256,
 }
+# Optional build parameters, left out of the cache key at their defaults (adding them rebuilt no existing base).
+# LCPO needs a base that reads a length instruction at all: L1 starts from a pretrained LLM that roughly knows what
+# "Think for 500 tokens." asks for, ours has never seen such a line (with one appended its accuracy falls from 0.78
+# to 0.02). With ``length_instructions`` = s > 0 a share s of the SFT prompts carries the line, stating the trace's
+# own token length (eos included) times a factor drawn uniformly from [1 - spread, 1 + spread] ("max": N is the
+# length times [1, 1 + spread]): a loose instruction-follower whose adherence LCPO then has to sharpen.
+OPTIONAL_BUILD = {
+    "length_instructions": 0.0,
+    "instruction_mode": "exact",
+    "instruction_spread": 0.5,
+    "instruction_eval_targets": [50, 100, 150, 200, 300],
+}
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -59,10 +72,23 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 def build_params(seed: int = 0, **overrides) -> dict:
     """Full, validated build parameters (defaults + overrides); these are what the cache key hashes."""
-    unknown = set(overrides) - set(DEFAULT_BUILD)
+    known = {**DEFAULT_BUILD, **OPTIONAL_BUILD}
+    unknown = set(overrides) - set(known)
     if unknown:
-        raise TypeError(f"unknown build parameters: {sorted(unknown)}; known: {sorted(DEFAULT_BUILD)}")
+        raise TypeError(f"unknown build parameters: {sorted(unknown)}; known: {sorted(known)}")
     params = {**DEFAULT_BUILD, **overrides, "seed": int(seed), "build_version": BUILD_VERSION}
+    for key, default in OPTIONAL_BUILD.items():
+        if params.get(key, default) == default:
+            params.pop(key, None)
+    opt = {**OPTIONAL_BUILD, **params}
+    if not 0.0 <= opt["length_instructions"] <= 1.0:
+        raise ValueError(f"length_instructions must be in [0, 1], got {opt['length_instructions']}")
+    if opt["instruction_mode"] not in TARGET_TEXT:
+        raise ValueError(f"instruction_mode must be one of {sorted(TARGET_TEXT)}, got {opt['instruction_mode']!r}")
+    if not 0.0 <= opt["instruction_spread"] < 1.0:
+        raise ValueError(f"instruction_spread must be in [0, 1), got {opt['instruction_spread']}")
+    if not opt["instruction_eval_targets"] or min(opt["instruction_eval_targets"]) < 1:
+        raise ValueError("instruction_eval_targets must be a non-empty list of positive token counts")
     if params["hidden_size"] % params["num_attention_heads"]:
         raise ValueError("hidden_size must be divisible by num_attention_heads")
     if params["n_eval"] < 1 or params["n_train"] < 1:
@@ -129,6 +155,8 @@ def build_base_model(out: pathlib.Path, params: dict) -> dict:
     tokenizer.save_pretrained(out)
     (out / "build_config.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     report = evaluate(model, tokenizer, eval_rows, params)
+    if option(params, "length_instructions") > 0:
+        report["with_instructions"] = evaluate_instructions(model, tokenizer, eval_rows, params)
     t_end = time.time()
     report.update(
         build_seconds=round(t_end - t0, 1),
@@ -172,14 +200,42 @@ def _init_model(params: dict, tokenizer):
     return model
 
 
-def sft_dataset(train_rows: list[dict], seed: int):
-    """Prompt/completion rows (TRL appends eos to the completion and trains on completion tokens only)."""
+def option(params: dict, key: str):
+    """An optional build parameter (``OPTIONAL_BUILD``), its default when the build left it out."""
+    return params.get(key, OPTIONAL_BUILD[key])
+
+
+def with_instruction(prompt: str, mode: str, n: int) -> str:
+    """The prompt with an L1 length line appended, exactly as ``recipes.tasks.data.with_length_targets`` writes it."""
+    return f"{prompt.rstrip(chr(10))}\n{TARGET_TEXT[mode].format(n=n)}\n"
+
+
+def sft_rows(train_rows: list[dict], seed: int, tokenizer=None, params: dict | None = None) -> list[dict]:
+    """Prompt/completion rows (TRL appends eos to the completion and trains on completion tokens only). With
+    ``length_instructions`` in ``params``, that share of prompts states the completion's length (see
+    ``OPTIONAL_BUILD``); which rows and which factor are drawn per row (seed, uid), independent of row order."""
+    import random
+
+    params = params or {}
+    share = option(params, "length_instructions")
+    mode, spread = option(params, "instruction_mode"), option(params, "instruction_spread")
+    out = []
+    for r in train_rows:
+        trace = arith.make_trace(r, arith.trace_rng(seed, r["uid"]))
+        prompt = r["prompt"]
+        rng = random.Random(f"instruction-{seed}-{r['uid']}")
+        if share > 0 and rng.random() < share:
+            n = len(tokenizer(trace)["input_ids"]) + 1  # completion tokens as the length rewards count them
+            lo = 1.0 if mode == "max" else 1.0 - spread
+            prompt = with_instruction(prompt, mode, max(1, round(n * rng.uniform(lo, 1.0 + spread))))
+        out.append({"prompt": prompt, "completion": trace})
+    return out
+
+
+def sft_dataset(train_rows: list[dict], seed: int, tokenizer=None, params: dict | None = None):
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"prompt": r["prompt"], "completion": arith.make_trace(r, arith.trace_rng(seed, r["uid"]))}
-        for r in train_rows
-    ])
+    return Dataset.from_list(sft_rows(train_rows, seed, tokenizer, params))
 
 
 def _sft(model, tokenizer, train_rows: list[dict], params: dict, work_dir: pathlib.Path) -> None:
@@ -232,8 +288,8 @@ def _sft_in_this_process(model, tokenizer, train_rows: list[dict], params: dict,
         completion_only_loss=True,
         gradient_checkpointing=False,  # TRL turns it on by default; it only costs time for a model this small
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train_rows, params["seed"]),
-                         processing_class=tokenizer)
+    data = sft_dataset(train_rows, params["seed"], tokenizer, params)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.train()
     shutil.rmtree(work_dir, ignore_errors=True)
     model.eval()
@@ -270,8 +326,9 @@ def _length_stats(lengths: list[int]) -> dict:
     }
 
 
-def evaluate(model, tokenizer, eval_rows: list[dict], params: dict) -> dict:
-    """Held-out accuracy and response-length statistics of temperature-1 samples."""
+def evaluate(model, tokenizer, eval_rows: list[dict], params: dict, targets: list[int] | None = None) -> dict:
+    """Held-out accuracy and response-length statistics of temperature-1 samples; with ``targets`` (a stated length
+    per row) also the length adherence mean |n - N| / N, overall and per target."""
     t0 = time.time()
     ids = sample_completions(model, tokenizer, [r["prompt"] for r in eval_rows], params["seed"],
                              params["eval_max_new_tokens"], params["eval_batch_size"])
@@ -279,6 +336,16 @@ def evaluate(model, tokenizer, eval_rows: list[dict], params: dict) -> dict:
     eos = tokenizer.eos_token_id
     correct = [exact_integer(t, r["answer"]) for t, r in zip(texts, eval_rows)]
     rechecks = [t.count("Let me double-check") for t in texts]
+    adherence = {}
+    if targets is not None:
+        err = [abs(len(x) - n) / n for x, n in zip(ids, targets)]
+        adherence = {
+            "target_err": round(statistics.fmean(err), 4),
+            "by_target": {str(t): {"target_err": round(statistics.fmean(e for e, n in zip(err, targets) if n == t), 4),
+                                   "mean_tokens": round(statistics.fmean(len(x) for x, n in zip(ids, targets)
+                                                                         if n == t), 1)}
+                          for t in sorted(set(targets))},
+        }
     return {
         "accuracy": round(sum(correct) / len(correct), 4),
         "format_rate": round(sum(extract_answer(t) is not None for t in texts) / len(texts), 4),
@@ -291,7 +358,17 @@ def evaluate(model, tokenizer, eval_rows: list[dict], params: dict) -> dict:
                           "max_new_tokens": params["eval_max_new_tokens"], "seed": params["seed"]},
         "generate_seconds": round(time.time() - t0, 1),
         "example": texts[0],
+        **adherence,
     }
+
+
+def evaluate_instructions(model, tokenizer, eval_rows: list[dict], params: dict) -> dict:
+    """The held-out problems with a length line (targets cycled over ``instruction_eval_targets``): accuracy, lengths
+    and adherence, mean |n - N| / N overall and per target, as ``eval/target_err`` reports it for an RL run."""
+    mode, targets = option(params, "instruction_mode"), option(params, "instruction_eval_targets")
+    goal = [targets[i % len(targets)] for i in range(len(eval_rows))]
+    rows = [dict(r, prompt=with_instruction(r["prompt"], mode, n)) for r, n in zip(eval_rows, goal)]
+    return evaluate(model, tokenizer, rows, params, targets=goal)
 
 
 def reference_trace_stats(tokenizer, eval_rows: list[dict], seed: int) -> dict:

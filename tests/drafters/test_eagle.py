@@ -57,6 +57,74 @@ def test_head_pairs_next_token_with_current_hidden_state():
     assert n == 6 and int(agree) == 6 and float(loss) == pytest.approx(0.0, abs=1e-6)
 
 
+def _propose_like_vllm(head, ids, hid, emb, last: int, steps: int) -> list[torch.Tensor]:
+    """vLLM's proposal round after verifying up to position ``last``, one query at a time with an explicit KV cache:
+    teacher-forced KV for positions 0..last from (token_{p+1}, h_p), then each further step at position last+j-1 feeds
+    the previous step's output back with the (accepted) next token. -> the outputs f of steps 1..steps."""
+    import math
+
+    layer = head.layers[0]
+    x = head.fc(torch.cat([emb[ids[1:last + 2]], hid[:last + 1]], -1))[None]  # [1,last+1,H]
+    pos = torch.arange(last + 1)[None]
+    _, k, v = layer.qkv(x, pos)
+    keys, values = [k], [v]
+    f = head.forward(ids[None, 1:last + 2], hid[None, :last + 1], torch.ones(1, last + 1, dtype=torch.bool),
+                     emb)[0, last]
+    outs = [f]
+    for j in range(2, steps + 1):
+        p = last + j - 1
+        xq = head.fc(torch.cat([emb[ids[p + 1]], f], -1))[None, None]  # [1,1,H]
+        q, k, v = layer.qkv(xq, torch.tensor([[p]]))
+        keys.append(k)
+        values.append(v)
+        att = torch.softmax(q @ torch.cat(keys, 2).transpose(-1, -2) / math.sqrt(layer.hd), -1) @ torch.cat(values, 2)
+        f = layer.finish(xq, att)[0, 0]
+        outs.append(f)
+    return outs
+
+
+def test_unrolled_training_steps_are_vllms_proposal_steps():
+    """Chain step j at position q (the training-time test) computes exactly what vLLM computes at proposal step j of
+    a round that verified up to q - j + 1; step 1 is the teacher-forced forward."""
+    torch.manual_seed(1)
+    l, h, v = 12, 64, 40
+    head = EagleHead(llama_sizes(CFG))
+    for prm in head.parameters():
+        torch.nn.init.normal_(prm, std=0.2)
+    ids, hid, emb = torch.randint(0, v, (l,)), torch.randn(l, h), torch.randn(v, h)
+    steps = head.unrolled(ids[None, 1:], hid[None, :-1], emb, depth=4)
+    torch.testing.assert_close(steps[0], head.forward(ids[None, 1:], hid[None, :-1],
+                                                      torch.ones(1, l - 1, dtype=torch.bool), emb))
+    for last in (0, 3, 6):
+        want = _propose_like_vllm(head, ids, hid, emb, last, 4)
+        for j in range(1, 5):
+            torch.testing.assert_close(steps[j - 1][0, last + j - 1], want[j - 1], atol=1e-3, rtol=1e-4)
+
+
+def test_unrolled_objective_trains_later_steps():
+    """Same start, same steps: trained with depth 3 the head's step-2 and step-3 outputs (which read its own earlier
+    outputs, as in vLLM) land closer to the policy's hidden states than when trained teacher-forced only."""
+    batch, emb, lm = _fixed_batch()
+
+    def train(depth):
+        torch.manual_seed(0)
+        head = EagleHead(llama_sizes(CFG))
+        opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+        for _ in range(80):
+            loss, _, _ = head.loss(batch, emb, lm, 1.0, 1.0, 0.1, depth=depth)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            outs = head.unrolled(batch.token_ids[:, 1:], batch.hidden_states[:, :-1], emb, 3)
+        sel = batch.target[:, 1:].clone()
+        sel[:, :2] = False
+        return [float(torch.nn.functional.mse_loss(f[sel], batch.hidden_states[:, 1:][sel])) for f in outs]
+
+    flat, deep = train(1), train(3)
+    assert deep[1] < 0.8 * flat[1] and deep[2] < 0.8 * flat[2], (flat, deep)
+
+
 def _fixed_batch(seed=0):
     """A learnable toy: the next hidden state is a fixed function of the current token and hidden state."""
     g = torch.Generator().manual_seed(seed)

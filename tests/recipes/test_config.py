@@ -102,3 +102,24 @@ def test_train_rows_keeps_the_held_out_split():
     assert small.eval == full.eval and small.train == full.train[:96] and len(full.train) == 4000
     with pytest.raises(ValueError, match="data.train_rows=5000 is more than the 4000"):
         load_task(load("tiny_grpo", ["data.train_rows=5000"])[0].data)
+
+
+def test_a_recipes_reward_terms_replace_its_bases():
+    """tiny_shorterbetter's base (tiny_grpo) has a correctness term; ShorterBetter's reward already holds 2 c."""
+    assert load("tiny_shorterbetter", [])[0].reward.terms == {"shorterbetter": 1.0}
+    assert load("tiny_lcpo", [])[0].reward.terms == {"lcpo_exact": 1.0}
+    assert load("tiny_hapo", [])[0].reward.terms == {"correctness": 1.0, "hapo": 1.0}
+    assert load("tiny_grpo", ["reward.terms.kimi=0.5"])[0].reward.terms == {"correctness": 1.0, "kimi": 0.5}
+    assert load("tiny_hapo", ["reward.terms={decs: 1.0}"])[0].reward.terms == {"decs": 1.0}
+
+
+def test_prompt_template_needs_the_prompt():
+    cfg, _ = load("tiny_grpo", ["data.prompt_template=Solve it."])
+    with pytest.raises(ValueError, match=r"data\.prompt_template"):
+        validate(cfg)
+
+
+def test_unknown_decs_detector_fails_at_validation():
+    cfg, _ = load("tiny_decs", ["reward.decs.detector=judge"])
+    with pytest.raises(KeyError, match=r"reward\.decs\.detector='judge'"):
+        validate(cfg)

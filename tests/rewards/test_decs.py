@@ -60,3 +60,18 @@ def test_missing_offsets_is_an_error():
                       group_ids=torch.tensor([0]), meta=[{"answer": "6", "uid": "a"}], correct=torch.tensor([True]))
     with pytest.raises(ValueError, match="token_offsets"):
         compute(inp, RewardConfig(terms={"decs": 1.0}, decs=DECSConfig(max_len=10)))
+
+
+def test_math_detector_and_a_user_detector(tmp_path):
+    pytest.importorskip("math_verify")
+    from rewards.decs import answer_chunk, math_answer
+
+    assert math_answer("so the probability is \\frac{1}{2}.", "1/2")
+    assert not math_answer("we need half of the 1st and 2nd terms", "1/2")
+    assert not math_answer("x = 41.", "42")
+    judge = tmp_path / "judge.py"
+    judge.write_text("def says_yes(chunk, answer):\n    return 'FOUND' in chunk\n")
+    text = "<think>\nFirst try. Then FOUND it. Check again.\n</think>\nAnswer: 3"
+    _, chunks, first = answer_chunk(text, "3", f"{judge}:says_yes")
+    body = text[len("<think>"):text.index("</think>")]
+    assert "FOUND" in body[chunks[first][0]:chunks[first][1]] and first >= 1

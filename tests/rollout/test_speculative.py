@@ -178,3 +178,43 @@ def test_policy_sync_keeps_the_eagle_head_on_the_policys_embedding_and_head(setu
     assert after[2] == pytest.approx(1.25 * before[2], rel=1e-4)  # the new head is what both now read
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     eng.load_policy(base.state_dict().items(), version=2)  # restore for other tests
+
+
+def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
+    """Body at K = 0 (drafter skipped), the last <= 8 requests handed over to speculating continuations: greedy output
+    is token-identical to the plain engine's, and the stitched sampler log-probs match the trainer's at T = 1."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from rollout.vllm_engine import VLLMEngine
+    from trainers.logprobs import completion_logprobs
+
+    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 0,
+                                                      "spec_buckets": [8, 256]}), seed=0, drafter=setup["trained"])
+    eng.controller.choice = {8: 4, 256: 0}  # as the controller learns it on this CPU: no speculation above a few
+    prompts = setup["prompts"][:12]
+    # greedy completions of this model all run to the cap, so staggered caps make the tail: 40, 55, ..., 205 tokens
+    full = setup["plain"].generate(prompts, SamplingSpec(n=1, max_tokens=205, temperature=0.0))
+    caps = [40 + 15 * i for i in range(12)]
+    params = [SamplingParams(n=1, temperature=0.0, max_tokens=c, seed=i, logprobs=0, flat_logprobs=True)
+              for i, c in enumerate(caps)]
+    before = eng.meter.spec_steps
+    outs, handed = eng._generate_with_handoff([TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts],
+                                              params)
+    assert handed == 8 and eng.meter.spec_steps > before
+    for i, (o, c) in enumerate(zip(outs, caps)):
+        assert o.token_ids == full.completion_ids[i, :c].tolist(), i
+        assert o.finish_reason == "length" and len(o.logprobs) == c
+
+    # at T = 1 lengths vary with the re-checks (up to ~400 tokens): the longest few finish alone
+    batch = eng.generate(prompts, SamplingSpec(n=2, max_tokens=400, temperature=1.0, seed=9))
+    assert batch.spec.handoffs > 0 and batch.spec.accepted_tokens > 0 and 0 < batch.spec.enabled_frac < 1
+    rows = batch.prompt_index.tolist()
+    with torch.no_grad():
+        lp, _, _ = completion_logprobs(setup["model"], [prompts[i].token_ids for i in rows], batch.completion_ids,
+                                       batch.completion_mask, 0, 1.0)
+    m = batch.completion_mask
+    assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-4
+    texts = setup["tok"].batch_decode([ids[mm].tolist() for ids, mm in zip(batch.completion_ids, m)],
+                                      skip_special_tokens=True)
+    assert texts == batch.texts

@@ -2,6 +2,8 @@
 cursor per rank, and every epoch's order is a pure function of (seed, epoch)."""
 import json
 
+import pytest
+
 from rollout.types import Prompt
 from trainers.data import PromptStream
 
@@ -35,3 +37,22 @@ def test_every_epoch_covers_each_prompt_once_over_all_ranks_and_reshuffles():
         epochs.append(seen)
     assert epochs[0] != epochs[1]
     assert all(s.epoch == 2.0 for s in ranks)
+
+
+def test_prompts_through_a_template_and_the_chat_template():
+    from recipes.tasks.tokenizer import build_tokenizer
+    from trainers.config import DataConfig
+    from trainers.data import to_prompts
+
+    tok = build_tokenizer()
+    rows = [{"uid": "a", "prompt": "Start with 7. Add 1.", "answer": "8"}]
+    cfg = DataConfig(prompt_template="{prompt} Put it in \\boxed{}.", chat_template=True)
+    with pytest.raises(ValueError, match="chat template"):
+        to_prompts(rows, tok, cfg)
+    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    (p,) = to_prompts(rows, tok, cfg)
+    assert tok.decode(p.token_ids) == "<u>Start with 7. Add 1. Put it in \\boxed{}.</u><a>"
+    assert p.meta == {"uid": "a", "answer": "8"}
+    (plain,) = to_prompts(rows, tok)
+    assert tok.decode(plain.token_ids) == rows[0]["prompt"]
