@@ -145,8 +145,16 @@ def _report(summary: dict, run_dir) -> str:
             ("p90 tokens", b["eval/len_p90"], a["eval/len_p90"], "{:.1f}")]
     lines = [f"\n{'':20s}{'before':>10s}{'after':>10s}"]
     lines += [f"{name:20s}{fmt.format(x):>10s}{fmt.format(y):>10s}" for name, x, y, fmt in rows]
+    if "eval/target_err" in b and "eval/target_err" in a:
+        lines.append(f"{'length target error':20s}{b['eval/target_err']:>10.3f}{a['eval/target_err']:>10.3f}")
     t = summary["totals"]
     lines.append(f"{t['steps']} steps in {t['wall_s']:.0f} s on {t['ranks']} rank(s)")
+    d = summary.get("drafter")
+    if d:
+        ups = ", ".join(f"batch <= {k}: {v:.2f}x" for k, v in sorted(d.get("speedup_by_batch", {}).items(),
+                                                                       key=lambda kv: int(kv[0])))
+        lines.append(f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
+                     f"rollout speed with vs without speculation, measured by the controller: {ups or 'not measured'}")
     lines.append(f"run folder: {run_dir}")
     return "\n".join(lines)
 

@@ -115,17 +115,6 @@ class DecoderLayer(torch.nn.Module):
         return self.finish(x, attn)
 
 
-def chain_mask(step: int, length: int, device=None) -> torch.Tensor:
-    """[L, step*L] bool: which keys the draft-chain step ``step`` (1 = teacher-forced) at query position q sees, as
-    vLLM's drafter does while proposing: the teacher-forced keys of positions <= q - step + 1 (the verified prefix, its
-    KV written from the policy's hidden states) and, for i = 2..step, chain step i's key at position q - step + i (the
-    drafts proposed so far in this round). Keys are ordered [step 1 | step 2 | ... | step ``step``]."""
-    q = torch.arange(length, device=device)[:, None]
-    k = torch.arange(length, device=device)[None, :]
-    blocks = [k <= q - step + 1] + [k == q - step + i for i in range(2, step + 1)]
-    return torch.cat(blocks, 1)
-
-
 class EagleHead(torch.nn.Module):
     """The trainable head; ``embed`` and ``lm_head`` are the policy's (frozen, not owned, not exported)."""
 
@@ -152,52 +141,74 @@ class EagleHead(torch.nn.Module):
         return x
 
     def loss(self, batch: DrafterBatch, embed: torch.Tensor, lm_head: torch.Tensor, temperature: float,
-             cls_weight: float, reg_weight: float, depth: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
+             cls_weight: float, reg_weight: float, depth: int = 1, chains: int = 64
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """EAGLE objective over a batch -> (loss, top-1 agreements, target positions), the last two of step 1.
 
         Step 1 is teacher-forced: pair p = (token_{p+1}, h_p) predicts ``h_{p+1}``; only pairs whose ``h_{p+1}`` is a
         target position count: ``cls = KL(softmax(W h_{p+1}/T) || softmax(W f_p/T))``, ``reg = SmoothL1(f_p, h_{p+1})``.
         With ``depth`` = D > 1 the head is also trained as vLLM runs it at proposal steps 2..D (the "training-time
-        test" of HASS / EAGLE-3): step j at position q reads its own step-(j-1) output at q-1 instead of ``h_{q-1}``
-        and attends as :func:`chain_mask` says; every step predicts ``h_{q+1}`` with the same loss, averaged over steps.
-        Taught only on the policy's features the head drifts off them after one proposal (per-position acceptance
-        0.93 / 0.76 / 0.47 / 0.26 at K = 4 on the tiny task)."""
+        test" of HASS / EAGLE-3), on ``chains`` random proposal rounds per row (see :meth:`chain_outputs`): step i
+        at position p reads its own step-(i-1) output instead of ``h_{p-1}``; every step predicts ``h_{p+1}`` with the
+        same loss, averaged over steps. Taught only on the policy's features the head drifts off them after one
+        proposal: per-position acceptance 0.93 / 0.76 / 0.47 / 0.26 at K = 4 on the tiny task, 0.96 / 0.91 / 0.87 /
+        0.83 with D = 4 (benchmarks/rollout_speedup.py)."""
         ids, h, valid = batch.token_ids, batch.hidden_states, batch.valid
         sel = batch.target[:, 1:] & valid[:, 1:]
         h_next = h[:, 1:]
         if depth <= 1:
             f = self.forward(ids[:, 1:], h[:, :-1], valid[:, 1:], embed)  # [B,L-1,H]
             return _distill(f[sel], h_next[sel].to(f.dtype), lm_head, temperature, cls_weight, reg_weight)
-        steps = self.unrolled(ids[:, 1:], h[:, :-1], embed, depth)
-        total, first = None, None
-        for j, f in enumerate(steps, start=1):
-            sel_j = sel.clone()
-            sel_j[:, : j - 1] = False  # a chain of j steps needs j - 1 positions before q
-            out = _distill(f[sel_j], h_next[sel_j].to(f.dtype), lm_head, temperature, cls_weight, reg_weight)
-            total = out[0] if total is None else total + out[0]
-            first = first or out
-        return total / len(steps), first[1], first[2]
+        length = ids.shape[1] - 1
+        n_starts = length - depth + 1
+        if n_starts < 1:
+            raise ValueError(f"sequences of {length + 1} tokens are too short for drafter.train_depth={depth}")
+        if chains >= n_starts:
+            starts = torch.arange(n_starts, device=ids.device).expand(ids.shape[0], n_starts)
+        else:
+            starts = torch.randint(0, n_starts, (ids.shape[0], chains), device=ids.device)
+        f1, deeper = self.chain_outputs(ids[:, 1:], h[:, :-1], embed, depth, starts)
+        first = _distill(f1[sel], h_next[sel].to(f1.dtype), lm_head, temperature, cls_weight, reg_weight)
+        total = first[0]
+        for i, f in enumerate(deeper, start=2):
+            p = starts + i - 1
+            ok = _take(sel, p)
+            total = total + _distill(f[ok], _take(h_next, p)[ok].to(f.dtype), lm_head, temperature, cls_weight,
+                                     reg_weight)[0]
+        return total / depth, first[1], first[2]
 
-    def unrolled(self, next_ids: torch.Tensor, hidden: torch.Tensor, embed: torch.Tensor, depth: int
-                 ) -> list[torch.Tensor]:
-        """Outputs of proposal steps 1..``depth`` at every position, [B,L,H] each (see ``loss``)."""
+    def chain_outputs(self, next_ids: torch.Tensor, hidden: torch.Tensor, embed: torch.Tensor, depth: int,
+                      starts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Proposal rounds as vLLM runs them. ``next_ids`` [B,L] (token p+1 at p), ``hidden`` [B,L,H] (h_p),
+        ``starts`` [B,M]: the last verified position s of each round. -> (step 1, teacher-forced, at every position
+        [B,L,H]; [f_i [B,M,H] for i = 2..depth]), f_i being step i at position s + i - 1: its input is (token
+        s + i, f_{i-1}), and it attends to the teacher-forced keys of positions <= s (the verified prefix, whose KV
+        the drafter wrote from the policy's hidden states) and to the keys of steps 2..i of its own round."""
         b, l = next_ids.shape
-        positions = torch.arange(l, device=next_ids.device).expand(b, l)
-        emb = F.embedding(next_ids, embed).to(hidden.dtype)
         layer = self.layers[0]
-        feats, keys, values, outs = hidden, [], [], []
-        for j in range(1, depth + 1):
-            x = self.fc(torch.cat([emb, feats], -1))
-            q, k, v = layer.qkv(x, positions)
+        scale = 1.0 / math.sqrt(layer.hd)
+        emb = F.embedding(next_ids, embed).to(hidden.dtype)
+        positions = torch.arange(l, device=next_ids.device).expand(b, l)
+        x1 = self.fc(torch.cat([emb, hidden], -1))
+        q1, k1, v1 = layer.qkv(x1, positions)
+        f1 = layer.finish(x1, F.scaled_dot_product_attention(q1, k1, v1, is_causal=True, scale=scale))
+        prefix = torch.arange(l, device=next_ids.device)[None, None, None, :] <= starts[:, None, :, None]  # [B,1,M,L]
+        feats, keys, values, out = _take(f1, starts), [], [], []
+        for i in range(2, depth + 1):
+            p = starts + i - 1
+            x = self.fc(torch.cat([_take(emb, p), feats], -1))  # [B,M,H]
+            q, k, v = layer.qkv(x, p)
             keys.append(k)
             values.append(v)
-            attn = F.scaled_dot_product_attention(q, torch.cat(keys, 2), torch.cat(values, 2),
-                                                  attn_mask=chain_mask(j, l, next_ids.device),
-                                                  scale=1.0 / math.sqrt(layer.hd))
-            f = layer.finish(x, attn)
-            outs.append(f)
-            feats = torch.cat([torch.zeros_like(f[:, :1]), f[:, :-1]], 1)  # step j+1 at q reads step j's f at q-1
-        return outs
+            scores = [(q @ k1.transpose(-1, -2) * scale).masked_fill(~prefix, float("-inf"))]  # [B,h,M,L]
+            scores += [(q * kk).sum(-1, keepdim=True) * scale for kk in keys]  # this round's keys, steps 2..i
+            w = torch.softmax(torch.cat(scores, -1).float(), -1).to(q.dtype)
+            att = w[..., :l] @ v1
+            for m, vv in enumerate(values):
+                att = att + w[..., l + m, None] * vv
+            feats = layer.finish(x, att)
+            out.append(feats)
+        return f1, out
 
     # ------------------------------------------------------------------ the vLLM checkpoint
     def save(self, folder: str | Path, policy_config: dict) -> Path:
@@ -223,6 +234,12 @@ class EagleHead(torch.nn.Module):
         head = cls(llama_sizes(cfg))
         head.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
         return head
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B,L,...] at positions idx [B,M] -> [B,M,...]."""
+    index = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
 
 
 def _distill(f: torch.Tensor, h_next: torch.Tensor, lm_head: torch.Tensor, temperature: float, cls_weight: float,

@@ -136,6 +136,13 @@ class SpecController:
             return 0
         return max((n for n in range(1, size) if self.choice[self.bucket(n)] > 0), default=0)
 
+    def speedups(self) -> dict[int, float]:
+        """Per batch-size bucket that speculates: median goodput at the chosen K over median goodput at K = 0, both
+        measured on this engine's own steps (only where each has >= 2 measurements)."""
+        med = {key: sorted(xs)[len(xs) // 2] for key, xs in self.samples.items() if len(xs) >= 2}
+        return {b: med[(b, self.choice[b])] / med[(b, 0)] for b in self.buckets
+                if self.choice[b] > 0 and (b, self.choice[b]) in med and (b, 0) in med and med[(b, 0)] > 0}
+
     def lookup(self, size: int) -> list[int]:
         """The dense ``dynamic_sd_lookup`` for batch sizes 0..size-1 with the current choices (no exploration)."""
         return [0] + [0 if self.forced_off else self.choice[self.bucket(n)] for n in range(1, size)]

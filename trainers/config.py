@@ -326,7 +326,7 @@ def _validate_trainer_depth(cfg: Config) -> None:
     if dr.enabled:
         _one_of("drafter.method", dr.method, ("eagle", "draft_model"))
         for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step",
-                     "max_steps_per_update", "train_depth"):
+                     "max_steps_per_update", "train_depth", "train_chains"):
             if getattr(dr, name) < 1:
                 raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
         if dr.method == "eagle" and cfg.model.dtype != cfg.rollout.dtype:

@@ -340,9 +340,15 @@ class Trainer:
                    "after": {"step": after["step"]} | {k: after[k] for k in keys},
                    "totals": {"steps": self.step, "wall_s": wall_s, "rollout_tokens": self.tokens_total,
                               "ranks": self.d.world_size, "engine_start_s": self.rollout.start_s}}
+        if "eval/target_err" in before and "eval/target_err" in after:  # LCPO: length adherence
+            summary["before"]["eval/target_err"], summary["after"]["eval/target_err"] = (before["eval/target_err"],
+                                                                                         after["eval/target_err"])
         if self.drafting is not None:
+            drafts, _, accepted, _, _ = self.rollout._spec_counters()
             summary["drafter"] = {"method": self.cfg.drafter.method, "version": self.drafting.drafter.version,
-                                  "lossless": self.rollout.lossless} | self.warmup_stats
+                                  "lossless": self.rollout.lossless,
+                                  "mean_accept_len": 1.0 + accepted / drafts if drafts else 0.0,
+                                  "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)

@@ -84,45 +84,53 @@ def _propose_like_vllm(head, ids, hid, emb, last: int, steps: int) -> list[torch
 
 
 def test_unrolled_training_steps_are_vllms_proposal_steps():
-    """Chain step j at position q (the training-time test) computes exactly what vLLM computes at proposal step j of
-    a round that verified up to q - j + 1; step 1 is the teacher-forced forward."""
+    """Chain step i of a round that verified up to position s (the training-time test) computes exactly what vLLM
+    computes at proposal step i of that round; step 1 is the teacher-forced forward."""
     torch.manual_seed(1)
     l, h, v = 12, 64, 40
     head = EagleHead(llama_sizes(CFG))
     for prm in head.parameters():
         torch.nn.init.normal_(prm, std=0.2)
     ids, hid, emb = torch.randint(0, v, (l,)), torch.randn(l, h), torch.randn(v, h)
-    steps = head.unrolled(ids[None, 1:], hid[None, :-1], emb, depth=4)
-    torch.testing.assert_close(steps[0], head.forward(ids[None, 1:], hid[None, :-1],
-                                                      torch.ones(1, l - 1, dtype=torch.bool), emb))
-    for last in (0, 3, 6):
+    starts = torch.tensor([[0, 3, 6, 7]])
+    f1, deeper = head.chain_outputs(ids[None, 1:], hid[None, :-1], emb, 4, starts)
+    torch.testing.assert_close(f1, head.forward(ids[None, 1:], hid[None, :-1], torch.ones(1, l - 1, dtype=torch.bool),
+                                                emb))
+    for m, last in enumerate(starts[0].tolist()):
         want = _propose_like_vllm(head, ids, hid, emb, last, 4)
-        for j in range(1, 5):
-            torch.testing.assert_close(steps[j - 1][0, last + j - 1], want[j - 1], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(f1[0, last], want[0], atol=1e-3, rtol=1e-4)
+        for i in range(2, 5):
+            torch.testing.assert_close(deeper[i - 2][0, m], want[i - 1], atol=1e-3, rtol=1e-4)
 
 
 def test_unrolled_objective_trains_later_steps():
     """Same start, same steps: trained with depth 3 the head's step-2 and step-3 outputs (which read its own earlier
     outputs, as in vLLM) land closer to the policy's hidden states than when trained teacher-forced only."""
     batch, emb, lm = _fixed_batch()
+    n = batch.token_ids.shape[1] - 1
+    starts = torch.arange(n - 2).expand(batch.token_ids.shape[0], n - 2)
 
     def train(depth):
         torch.manual_seed(0)
         head = EagleHead(llama_sizes(CFG))
         opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
         for _ in range(80):
-            loss, _, _ = head.loss(batch, emb, lm, 1.0, 1.0, 0.1, depth=depth)
+            loss, _, _ = head.loss(batch, emb, lm, 1.0, 1.0, 0.1, depth=depth, chains=32)
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            outs = head.unrolled(batch.token_ids[:, 1:], batch.hidden_states[:, :-1], emb, 3)
-        sel = batch.target[:, 1:].clone()
-        sel[:, :2] = False
-        return [float(torch.nn.functional.mse_loss(f[sel], batch.hidden_states[:, 1:][sel])) for f in outs]
+            _, deeper = head.chain_outputs(batch.token_ids[:, 1:], batch.hidden_states[:, :-1], emb, 3, starts)
+        errs = []
+        for i, f in enumerate(deeper, start=2):
+            p = starts + i - 1
+            ok = batch.target[:, 1:].gather(1, p)
+            errs.append(float(torch.nn.functional.mse_loss(f[ok], batch.hidden_states[:, 1:].gather(
+                1, p[..., None].expand(*p.shape, f.shape[-1]))[ok])))
+        return errs
 
     flat, deep = train(1), train(3)
-    assert deep[1] < 0.8 * flat[1] and deep[2] < 0.8 * flat[2], (flat, deep)
+    assert deep[0] < 0.8 * flat[0] and deep[1] < 0.8 * flat[1], (flat, deep)
 
 
 def _fixed_batch(seed=0):
