@@ -11,7 +11,7 @@ class DrafterConfig:
     num_speculative_tokens: int = 4  # the most tokens proposed per round; the controller picks K <= this per batch size
     lr: float = 3e-3  # drafter AdamW learning rate
     cls_weight: float = 1.0  # weight of the distillation loss KL(policy || drafter) at the sampling temperature
-    train_depth: int = 4  # eagle: proposal steps trained (1 = teacher-forced; D > 1 = also steps 2..D on own outputs)
+    train_depth: int = 4  # eagle: proposal steps trained, <= K (1 = teacher-forced; D > 1: steps 2..D on own outputs)
     train_chains: int = 64  # eagle, train_depth > 1: random proposal rounds per sequence trained at steps 2..D
     reg_weight: float = 0.1  # eagle: weight of the SmoothL1 regression of the next hidden state (EAGLE / TLT)
     batch_rows: int = 32  # sequences per drafter optimizer step

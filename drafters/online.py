@@ -36,7 +36,8 @@ class OnlineDrafter:
         else:
             self.model = DraftLM.from_policy(policy_config, cfg.draft_layers, cfg.draft_hidden, embed, lm_head)
         self.model.to(embed.device)
-        self._loss_kw = {"depth": cfg.train_depth, "chains": cfg.train_chains} if cfg.method == "eagle" else {}
+        depth = min(cfg.train_depth, cfg.num_speculative_tokens)  # steps past K are never proposed
+        self._loss_kw = {"depth": depth, "chains": cfg.train_chains} if cfg.method == "eagle" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.embed, self.lm_head = embed.detach(), lm_head.detach()
         self.window: deque[list[tuple]] = deque(maxlen=cfg.replay_steps)  # per RL step: rows (ids, hidden, target)

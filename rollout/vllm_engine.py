@@ -164,7 +164,7 @@ class VLLMEngine:
                         done[row] = partial.pop(row).extend(c) if row in partial else c
                 running = len(requests) - len(done)
                 if (not handed and running and self.meter.steps - self.meter.spec_steps > skipped0
-                        and running <= self.controller.handoff_size(self.meter.size)):
+                        and running <= min(self.cfg.spec_handoff_max, self.controller.handoff_size(self.meter.size))):
                     handed = True
                     partial = self._hand_over(engine, tag, requests, params, set(done))
         except BaseException:  # leave no request of this call behind in the engine for the next call to collect

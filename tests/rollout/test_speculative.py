@@ -218,3 +218,18 @@ def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
     texts = setup["tok"].batch_decode([ids[mm].tolist() for ids, mm in zip(batch.completion_ids, m)],
                                       skip_special_tokens=True)
     assert texts == batch.texts
+
+
+def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_model_dir):
+    """The adaptive controller changes K between steps (here: exploring a different K every other step, 0 included,
+    with hand-offs on): the temperature-1 token marginals still match the plain engine's within sampling noise."""
+    from rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 2,
+                                                      "spec_buckets": [8, 4096]}), seed=0, drafter=setup["trained"])
+    p, width = setup["prompts"][0], 48
+    spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
+    a, b = setup["plain"].generate([p], spec), eng.generate([p], spec)
+    assert b.spec.accepted_tokens > 0 and 0 < b.spec.enabled_frac < 1
+    ma, mb = _marginals(a, width), _marginals(b, width)
+    assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
