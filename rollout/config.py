@@ -20,6 +20,6 @@ class RolloutConfig:
     logprobs: bool = True  # return the sampler's log-prob of every sampled token (for importance correction / checks)
     spec_adaptive: bool = True  # with a drafter: choose K per batch size from measured goodput (0 = no speculation)
     spec_buckets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])  # batch-size buckets
-    spec_explore_every: int = 8  # adaptive: every N-th step of a bucket tries another K
+    spec_explore_every: int = 8  # adaptive: every N-th step of a bucket tries another K for 2 steps (0 or >= 3)
     spec_handoff: bool = True  # with a drafter: continue the requests left when speculation turns on as fresh ones
     spec_handoff_max: int = 16  # hand over only when at most this many requests are left (each costs a re-prefill)

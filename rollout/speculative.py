@@ -83,6 +83,9 @@ class SpecController:
     def __init__(self, k_max: int, buckets: list[int], explore_every: int, window: int = 16) -> None:
         if k_max < 1:
             raise ValueError(f"num_speculative_tokens={k_max} must be >= 1")
+        if explore_every and explore_every < 3:
+            raise ValueError(f"spec_explore_every={explore_every} must be 0 (no exploration) or >= 3 (it explores "
+                             "for two steps)")
         self.k_max, self.buckets, self.explore_every, self.window = k_max, sorted(buckets), explore_every, window
         self.samples: dict[tuple[int, int], list[float]] = {}  # (bucket, K) -> recent goodputs (tokens/s)
         self.steps: dict[int, int] = {}  # bucket -> steps seen
@@ -96,13 +99,16 @@ class SpecController:
         return self.buckets[-1]
 
     def k_for(self, batch: int) -> int:
-        """K to schedule for a step of ``batch`` requests (exploring every ``explore_every``-th step)."""
+        """K to schedule for a step of ``batch`` requests. Every ``explore_every``-th step of a bucket starts an
+        exploration of the next K (round-robin over 0..k_max) that lasts two steps: a step is measured only when its K
+        equals the previous step's (its own drafts are verified by the next step), so a one-step exploration would
+        never be measured and the controller would never learn that another K (e.g. 0) is faster."""
         if self.forced_off:
             return 0
         b = self.bucket(batch)
         n, every = self.steps.get(b, 0), self._explore_interval(b)
-        if every and n % every == every - 1:
-            return (n // every) % (self.k_max + 1)  # round-robin over 0..k_max
+        if every and n % every >= every - 2:
+            return (n // every) % (self.k_max + 1)
         return self.choice[b]
 
     def _explore_interval(self, b: int) -> int:

@@ -351,5 +351,8 @@ def _positive(t: TrainerConfig, r: RolloutConfig) -> None:
             raise ValueError(f"{name}={v} must be > 0")
     if r.temperature <= 0:
         raise ValueError(f"rollout.temperature={r.temperature} must be > 0: RL learns from sampled completions")
+    if 0 < r.spec_explore_every < 3:
+        raise ValueError(f"rollout.spec_explore_every={r.spec_explore_every} must be 0 (no exploration) or >= 3 (an "
+                         "exploration lasts two steps)")
     if r.spec_handoff_max < 0:
         raise ValueError(f"rollout.spec_handoff_max={r.spec_handoff_max} must be >= 0 (0 = never hand over)")

@@ -30,18 +30,23 @@ def test_handoff_size_is_the_largest_batch_that_speculates():
     assert c.handoff_size(64) == 0 and c.k_for(1) == 0
 
 
-def test_exploration_visits_every_k_and_state_round_trips():
-    c = SpecController(k_max=2, buckets=[4], explore_every=2)
-    ks = []
-    for _ in range(12):
-        ks.append(c.k_for(3))
-        c.record(3, ks[-1], 10, 1.0, measurable=True)
-    assert set(ks) == {0, 1, 2}
-    d = SpecController(k_max=2, buckets=[4], explore_every=2)
+def test_exploration_measures_every_k_and_state_round_trips():
+    """Each exploration lasts two steps, so the second is measurable (its K equals the previous step's): a K that is
+    faster than the current choice gets measured and chosen."""
+    c = SpecController(k_max=2, buckets=[4], explore_every=3)
+    prev = None
+    for _ in range(40):
+        k = c.k_for(3)
+        c.record(3, k, {0: 30, 1: 20, 2: 10}[k], 1.0, measurable=k == prev)  # K = 0 is the fastest here
+        prev = k
+    assert {k for (_, k) in c.samples} == {0, 1, 2} and c.choice[4] == 0
+    d = SpecController(k_max=2, buckets=[4], explore_every=3)
     d.load_state_dict(c.state_dict())
     assert d.state_dict() == c.state_dict() and d.choice == c.choice
 
 
-def test_k_max_must_be_positive():
+def test_k_max_must_be_positive_and_exploration_last_two_steps():
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         SpecController(k_max=0, buckets=[1], explore_every=0)
+    with pytest.raises(ValueError, match="spec_explore_every=2"):
+        SpecController(k_max=2, buckets=[1], explore_every=2)

@@ -76,12 +76,20 @@ def _tv(c1: Counter, c2: Counter) -> float:
     return 0.5 * sum(abs(c1[k] / n1 - c2[k] / n2) for k in set(c1) | set(c2))
 
 
+def _plain_1500(setup):
+    """1500 plain-engine samples of one prompt at T = 1, 48 tokens (shared by the distribution tests)."""
+    if "plain_1500" not in setup:
+        spec = SamplingSpec(n=1500, max_tokens=48, temperature=1.0, seed=17)
+        setup["plain_1500"] = setup["plain"].generate([setup["prompts"][0]], spec)
+    return setup["plain_1500"]
+
+
 def test_temperature_one_token_distribution_is_unchanged(setup):
     """1500 samples each; at the position whose token varies most, TV(with drafter, without) stays within noise
     (~0.02 expected for these counts; the unpatched bug gives 0.2-0.96)."""
     p, width = setup["prompts"][0], 48
     spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
-    a, b = setup["plain"].generate([p], spec), setup["spec"].generate([p], spec)
+    a, b = _plain_1500(setup), setup["spec"].generate([p], spec)
     assert b.spec.accepted_tokens > 0
     ma, mb = _marginals(a, width), _marginals(b, width)
     t = max(range(width), key=lambda i: len(ma[i]) and -max(ma[i].values()) / sum(ma[i].values()))
@@ -221,15 +229,15 @@ def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
 
 
 def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_model_dir):
-    """The adaptive controller changes K between steps (here: exploring a different K every other step, 0 included,
-    with hand-offs on): the temperature-1 token marginals still match the plain engine's within sampling noise."""
+    """The adaptive controller changes K between steps (here: exploring the next K for two of every three steps, 0
+    included): the temperature-1 token marginals still match the plain engine's within sampling noise."""
     from rollout.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 2,
+    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 3,
                                                       "spec_buckets": [8, 4096]}), seed=0, drafter=setup["trained"])
     p, width = setup["prompts"][0], 48
     spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
-    a, b = setup["plain"].generate([p], spec), eng.generate([p], spec)
+    a, b = _plain_1500(setup), eng.generate([p], spec)
     assert b.spec.accepted_tokens > 0 and 0 < b.spec.enabled_frac < 1
     ma, mb = _marginals(a, width), _marginals(b, width)
     assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
