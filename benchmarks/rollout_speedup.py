@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the rooms, when run as `python benchmarks/rollout_speedup.py`
+from drafters.config import DrafterConfig  # noqa: E402  (light: a dataclass)
 
 
 def _load(args):
@@ -110,12 +112,12 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
     ap.add_argument("--warm-steps", type=int, default=400)
-    ap.add_argument("--train-depth", type=int, default=1, help="drafter.train_depth of the warm-started drafter")
+    ap.add_argument("--train-depth", type=int, default=DrafterConfig.train_depth,
+                    help="drafter.train_depth of the warm-started drafter (1 = teacher-forced only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--json", default="")
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))  # the rooms, when run as `python benchmarks/rollout_speedup.py`
+    args = ap.parse_args()  # the rooms, when run as `python benchmarks/rollout_speedup.py`
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from transformers import AutoTokenizer
 

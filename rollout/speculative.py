@@ -168,7 +168,10 @@ def _model_runner(worker):
 
 
 def gate_drafter(runner) -> None:
-    """Skip the drafter entirely on steps that propose no tokens (K = 0).
+    """Skip the drafter entirely on steps that propose no tokens (K = 0) while ``runner.laconic_skip_drafter`` is set
+    (the step meter sets it when K = 0 is the controller's choice for the batch, i.e. in a rollout's body; an
+    exploration of K = 0 where the controller speculates still runs the drafter, so the requests' drafter KV stays
+    complete and speculation resumes at full acceptance).
 
     vLLM runs the drafter's forward on every step of a speculating engine, also when the step proposes nothing: the
     EAGLE head keeps its own KV cache filled. On a K = 0 step that forward is pure cost (measured: an engine with a
@@ -179,8 +182,10 @@ def gate_drafter(runner) -> None:
     Acceptance is all a stale drafter KV could cost: verification keeps sampling lossless either way."""
     propose = runner.propose_draft_token_ids
 
+    runner.laconic_skip_drafter = False
+
     def gated(scheduler_output, sampled_token_ids, *args, **kwargs):
-        if scheduler_output.num_spec_tokens_to_schedule > 0:
+        if scheduler_output.num_spec_tokens_to_schedule > 0 or not runner.laconic_skip_drafter:
             return propose(scheduler_output, sampled_token_ids, *args, **kwargs)
         runner._draft_probs = runner._draft_prob_req_ids = None
         if getattr(runner, "valid_sampled_token_count_event", None) is not None and torch.is_tensor(sampled_token_ids):
@@ -196,7 +201,7 @@ def gate_drafter(runner) -> None:
 class StepMeter:
     """Wraps the in-process engine core's step: sets K for the coming step from the controller, and measures each
     step (batch size, K, tokens emitted, seconds) for it. Works only with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``.
-    Steps with K = 0 skip the drafter (:func:`gate_drafter`)."""
+    Steps whose K = 0 is the controller's choice skip the drafter (:func:`gate_drafter`)."""
 
     def __init__(self, llm, controller: SpecController) -> None:
         import time
@@ -204,15 +209,19 @@ class StepMeter:
         core = llm.llm_engine.engine_core.engine_core  # InprocClient -> EngineCore
         self.scheduler, self.controller = core.scheduler, controller
         self.size = len(self.scheduler.dynamic_sd_lookup)
-        self.steps = self.spec_steps = 0
-        gate_drafter(llm.collective_rpc(_model_runner)[0])
+        self.steps = self.spec_steps = self.skipped_steps = 0  # steps; with K > 0; without the drafter
+        runner = llm.collective_rpc(_model_runner)[0]
+        gate_drafter(runner)
         self._prev_k: int | None = None
         self._last = None
         schedule, step_fn = self.scheduler.schedule, core.step_fn
 
         def metered_schedule(*args, **kwargs):
             batch = len(self.scheduler.running) + len(self.scheduler.waiting)
-            k = controller.k_for(max(1, min(batch, self.size - 1)))
+            size = max(1, min(batch, self.size - 1))
+            k = controller.k_for(size)
+            runner.laconic_skip_drafter = k == 0 and (controller.forced_off or
+                                                      controller.choice[controller.bucket(size)] == 0)
             self.scheduler.dynamic_sd_lookup = [0] + [k] * (self.size - 1)
             self._last = schedule(*args, **kwargs)
             return self._last
@@ -231,6 +240,7 @@ class StepMeter:
                 self._prev_k = k
                 self.steps += 1
                 self.spec_steps += int(k > 0)
+                self.skipped_steps += int(runner.laconic_skip_drafter)
             return outputs, executed
 
         self.scheduler.schedule = metered_schedule

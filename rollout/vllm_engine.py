@@ -153,7 +153,7 @@ class VLLMEngine:
             engine.add_request(f"{tag}{i}", req, sp)
         done: dict[int, _Completion] = {}
         partial: dict[int, _Completion] = {}  # row -> what it had generated when handed over
-        skipped0 = self.meter.steps - self.meter.spec_steps
+        skipped0 = self.meter.skipped_steps
         handed = False
         try:
             while engine.has_unfinished_requests():
@@ -163,7 +163,7 @@ class VLLMEngine:
                         c = _Completion.of(out.outputs[0], self.cfg.logprobs)
                         done[row] = partial.pop(row).extend(c) if row in partial else c
                 running = len(requests) - len(done)
-                if (not handed and running and self.meter.steps - self.meter.spec_steps > skipped0
+                if (not handed and running and self.meter.skipped_steps > skipped0
                         and running <= min(self.cfg.spec_handoff_max, self.controller.handoff_size(self.meter.size))):
                     handed = True
                     partial = self._hand_over(engine, tag, requests, params, set(done))
