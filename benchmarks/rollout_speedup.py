@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--json", default="")
-    args = ap.parse_args()  # the rooms, when run as `python benchmarks/rollout_speedup.py`
+    args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from transformers import AutoTokenizer
 

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 from rewards.config import RewardConfig
-from rewards.registry import register_term
+from rewards.guard import is_user_function
+from rewards.registry import register_term, user_function
 from rewards.types import RewardInput
 from rewards.verifiers import thinking_span
 
@@ -49,17 +50,12 @@ def math_answer(chunk: str, answer: str) -> bool:
     expression, its default extraction) equal to the reference answer. Chunks that do not even contain the reference's
     digits are skipped before parsing (most chunks, and parsing is the expensive part). Example: answer "1/2",
     chunk "so the probability is \\frac{1}{2}." -> True; "we need half of the 1st and 2nd terms" -> False."""
-    from math_verify import parse, verify  # lazily: heavy (sympy), and only math data sets need it
-
-    from rewards.verifiers import MATH_TIMEOUT_S
+    from rewards.verifiers import math_equal
 
     ref = str(answer).strip()
-    digits = re.findall(r"\d+", ref)
-    if not ref or not all(d in chunk for d in digits):
+    if not ref or not all(d in chunk for d in re.findall(r"\d+", ref)):
         return False
-    gold = parse(ref if "$" in ref or "\\boxed" in ref else f"${ref}$", parsing_timeout=MATH_TIMEOUT_S)
-    pred = parse(chunk, parsing_timeout=MATH_TIMEOUT_S)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=MATH_TIMEOUT_S))
+    return math_equal(chunk, ref)
 
 
 DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value, "math_answer": math_answer}
@@ -68,19 +64,12 @@ DETECTORS: dict[str, Callable[[str, str], bool]] = {"answer_value": answer_value
 def detector_fn(name: str) -> Callable[[str, str], bool]:
     """A registered detector, or a user one named ``"module:function"`` / ``"file.py:function"`` with the same
     signature ``(chunk, answer) -> bool`` (e.g. a judge model behind a vLLM server)."""
-    from rewards.guard import is_user_function, load_function
-
     if name in DETECTORS:
         return DETECTORS[name]
     if is_user_function(name):
-        if name not in _USER_DETECTORS:
-            _USER_DETECTORS[name] = load_function(name, "reward.decs.detector")
-        return _USER_DETECTORS[name]
+        return user_function(name, "reward.decs.detector")
     raise KeyError(f"reward.decs.detector={name!r} is unknown; choose from {sorted(DETECTORS)} or name a function as "
                    "'module:function'")
-
-
-_USER_DETECTORS: dict[str, Callable[[str, str], bool]] = {}
 
 
 def answer_chunk(completion: str, answer: str, detector: str = "answer_value"):

@@ -95,12 +95,18 @@ def apply(states: dict[str, object], updates: list[dict[str, object]]) -> None:
         st.apply([u[name] for u in updates])
 
 
+def user_function(spec: str, field: str) -> Callable:
+    """The user function named ``spec`` (``"module:function"`` / ``"file.py:function"``), imported once; an import
+    failure names ``field``."""
+    if spec not in _USER:
+        _USER[spec] = load_function(spec, field)
+    return _USER[spec]
+
+
 def resolve_verifier(verifier: str):
     """A registered verifier's function, or a user one named ``"module:function"`` / ``"file.py:function"``."""
     if is_user_function(verifier):
-        if verifier not in _USER:
-            _USER[verifier] = load_function(verifier, "reward.correctness.verifier")
-        return _USER[verifier]
+        return user_function(verifier, "reward.correctness.verifier")
     if verifier not in VERIFIERS:
         raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)} or name "
                        "a function as 'module:function'")
@@ -178,8 +184,8 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
 def check_names(cfg: RewardConfig) -> None:
     """Every name in ``cfg`` is registered or an importable user function (raises naming the field)."""
     for name in cfg.terms:
-        if is_user_function(name) and name not in _USER:
-            _USER[name] = load_function(name, f"reward.terms[{name!r}]")
+        if is_user_function(name):
+            user_function(name, f"reward.terms[{name!r}]")
     unknown = sorted(n for n in set(cfg.terms) - set(TERMS) if not is_user_function(n))
     if unknown:
         raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}")

@@ -77,15 +77,22 @@ def math_equivalent(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_
     step; a timeout counts as incorrect. SIGALRM works only in the main thread: math_verify raises ``ValueError``
     when this runs in another thread. Example: ``\\boxed{\\frac{1}{2}}`` vs ``"0.5"`` -> True; vs ``"1/3"`` -> False.
     """
-    from math_verify import parse, verify  # lazily: heavy (sympy), and only math data sets need it
-
     close = completion.rfind(THINK_CLOSE)
     tail = completion[close + len(THINK_CLOSE):] if close >= 0 else completion
+    return math_equal(tail, answer, timeout_s)
+
+
+def math_equal(text: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
+    """math_verify's verdict on whether ``text`` (default extraction: ``\\boxed{}``, then LaTeX and plain
+    expressions) states a value equal to ``answer`` (parsed as LaTeX math, wrapped in ``$...$`` unless it already has
+    ``$`` or ``\\boxed``); empty text or answer is False."""
+    from math_verify import parse, verify  # lazily: heavy (sympy), and only math data sets need it
+
     ref = str(answer).strip()
-    if not tail.strip() or not ref:
+    if not text.strip() or not ref:
         return False
     gold = parse(ref if "$" in ref or "\\boxed" in ref else f"${ref}$", parsing_timeout=timeout_s)
-    pred = parse(tail, parsing_timeout=timeout_s)
+    pred = parse(text, parsing_timeout=timeout_s)
     return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout_s))
 
 

@@ -140,7 +140,13 @@ class SpecController:
         ran without the drafter hands its requests over when that few are left."""
         if self.forced_off:
             return 0
-        return max((n for n in range(1, size) if self.choice[self.bucket(n)] > 0), default=0)
+        best, low = 0, 1  # bucket b holds the sizes low..b (the last bucket every size above the one before it)
+        for i, b in enumerate(self.buckets):
+            high = size - 1 if i == len(self.buckets) - 1 else min(b, size - 1)
+            if self.choice[b] > 0 and high >= low:
+                best = high
+            low = b + 1
+        return best
 
     def speedups(self) -> dict[int, float]:
         """Per batch-size bucket that speculates: median goodput at the chosen K over median goodput at K = 0, both

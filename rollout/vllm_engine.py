@@ -172,7 +172,7 @@ class VLLMEngine:
                     if st.external_req_id.startswith(tag)]
             engine.abort_request(live)
             raise
-        return [done[i] for i in range(len(requests))], len(partial) + sum(c.handed for c in done.values())
+        return [done[i] for i in range(len(requests))], sum(c.handed for c in done.values())
 
     def _hand_over(self, engine, tag: str, requests: list, params: list, finished: set[int]) -> dict:
         """Abort the running requests and add their continuations (see ``_generate_with_handoff``)."""
@@ -207,6 +207,10 @@ class VLLMEngine:
         m = {x.name: getattr(x, "value", 0) or 0 for x in self.llm.get_metrics() if x.name.startswith("vllm:spec")}
         return (int(m.get("vllm:spec_decode_num_drafts", 0)), int(m.get("vllm:spec_decode_num_draft_tokens", 0)),
                 int(m.get("vllm:spec_decode_num_accepted_tokens", 0)), self.meter.steps, self.meter.spec_steps)
+
+    def spec_total(self) -> SpecStats:
+        """Speculation counters over the engine's whole life (every generate call so far)."""
+        return self._spec_delta((0, 0, 0, 0, 0))
 
     def _spec_delta(self, before: tuple[int, ...]) -> SpecStats:
         if self.meter is None:

@@ -277,8 +277,9 @@ class Trainer:
         strided share; they do not touch the RL prompt stream)."""
         c, r = self.cfg.drafter, self.cfg.rollout
         rows = self.task.train[self.d.rank::self.d.world_size][: max(1, c.warmup_prompts // self.d.world_size)]
-        self.warmup_stats = self.drafting.warm_start(self.rollout, to_prompts(rows, self.tokenizer, self.cfg.data), r.n,
-                                                     r.max_tokens, r.temperature, self._features_of, self.cfg.run.seed)
+        prompts = to_prompts(rows, self.tokenizer, self.cfg.data)
+        self.warmup_stats = self.drafting.warm_start(self.rollout, prompts, r.n, r.max_tokens, r.temperature,
+                                                     self._features_of, self.cfg.run.seed)
         if self.d.is_main:
             self.tracker.log(self.warmup_stats, 0)
 
@@ -333,21 +334,18 @@ class Trainer:
                                f"{good[-1][1] if good else 'none'}; free space and resume with run.resume=auto") from e
 
     def finish(self, wall_s: float) -> dict:
+        before, after = self.evals[0], self.evals[-1]
         keys = ("eval/acc", "eval/len_mean", "eval/len_median", "eval/len_p90", "eval/len_max",
                 "eval/truncated_frac", "eval/tokens_per_correct")
-        before, after = self.evals[0], self.evals[-1]
+        keys += tuple(k for k in ("eval/target_err",) if k in before and k in after)  # LCPO: length adherence
         summary = {"before": {"step": before["step"]} | {k: before[k] for k in keys},
                    "after": {"step": after["step"]} | {k: after[k] for k in keys},
                    "totals": {"steps": self.step, "wall_s": wall_s, "rollout_tokens": self.tokens_total,
                               "ranks": self.d.world_size, "engine_start_s": self.rollout.start_s}}
-        if "eval/target_err" in before and "eval/target_err" in after:  # LCPO: length adherence
-            summary["before"]["eval/target_err"], summary["after"]["eval/target_err"] = (before["eval/target_err"],
-                                                                                         after["eval/target_err"])
         if self.drafting is not None:
-            drafts, _, accepted, _, _ = self.rollout._spec_counters()
             summary["drafter"] = {"method": self.cfg.drafter.method, "version": self.drafting.drafter.version,
                                   "lossless": self.rollout.lossless,
-                                  "mean_accept_len": 1.0 + accepted / drafts if drafts else 0.0,
+                                  "mean_accept_len": self.rollout.spec_total().mean_accept_len,
                                   "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:

@@ -22,7 +22,7 @@ import time
 import uuid
 
 from recipes.tasks import arith
-from recipes.tasks.data import TARGET_TEXT
+from recipes.tasks.data import TARGET_TEXT, with_length_line
 from rewards.verifiers import exact_integer, extract_answer
 
 BUILD_VERSION = 2  # bump when the build recipe changes in a way the parameters do not capture
@@ -205,11 +205,6 @@ def option(params: dict, key: str):
     return params.get(key, OPTIONAL_BUILD[key])
 
 
-def with_instruction(prompt: str, mode: str, n: int) -> str:
-    """The prompt with an L1 length line appended, exactly as ``recipes.tasks.data.with_length_targets`` writes it."""
-    return f"{prompt.rstrip(chr(10))}\n{TARGET_TEXT[mode].format(n=n)}\n"
-
-
 def sft_rows(train_rows: list[dict], seed: int, tokenizer=None, params: dict | None = None) -> list[dict]:
     """Prompt/completion rows (TRL appends eos to the completion and trains on completion tokens only). With
     ``length_instructions`` in ``params``, that share of prompts states the completion's length (see
@@ -227,7 +222,7 @@ def sft_rows(train_rows: list[dict], seed: int, tokenizer=None, params: dict | N
         if share > 0 and rng.random() < share:
             n = len(tokenizer(trace)["input_ids"]) + 1  # completion tokens as the length rewards count them
             lo = 1.0 if mode == "max" else 1.0 - spread
-            prompt = with_instruction(prompt, mode, max(1, round(n * rng.uniform(lo, 1.0 + spread))))
+            prompt = with_length_line(prompt, mode, max(1, round(n * rng.uniform(lo, 1.0 + spread))))
         out.append({"prompt": prompt, "completion": trace})
     return out
 
@@ -367,7 +362,7 @@ def evaluate_instructions(model, tokenizer, eval_rows: list[dict], params: dict)
     and adherence, mean |n - N| / N overall and per target, as ``eval/target_err`` reports it for an RL run."""
     mode, targets = option(params, "instruction_mode"), option(params, "instruction_eval_targets")
     goal = [targets[i % len(targets)] for i in range(len(eval_rows))]
-    rows = [dict(r, prompt=with_instruction(r["prompt"], mode, n)) for r, n in zip(eval_rows, goal)]
+    rows = [dict(r, prompt=with_length_line(r["prompt"], mode, n)) for r, n in zip(eval_rows, goal)]
     return evaluate(model, tokenizer, rows, params, targets=goal)
 
 

@@ -97,6 +97,11 @@ def heldout_rows(cfg: DataConfig, data: str = "") -> tuple[list[dict], str]:
 TARGET_TEXT = {"exact": "Think for {n} tokens.", "max": "Think for maximum {n} tokens."}  # L1's prompt suffixes
 
 
+def with_length_line(prompt: str, mode: str, n: int) -> str:
+    """``prompt`` with L1's length instruction for N = ``n`` as its last line (the one place that writes it)."""
+    return f"{prompt.rstrip(chr(10))}\n{TARGET_TEXT[mode].format(n=n)}\n"
+
+
 def with_length_targets(rows: list[dict], lt, seed: int, fixed: list[int | None]) -> list[dict]:
     """L1 / LCPO (Aggarwal & Welleck 2025): append the length instruction to each prompt and keep N in the row
     (``target_tokens``, read by the lcpo terms). A row's N is ``fixed[i]`` or drawn uniformly from
@@ -112,7 +117,5 @@ def with_length_targets(rows: list[dict], lt, seed: int, fixed: list[int | None]
                 out.append(dict(row))
                 continue
             n = rng.randint(lt.min_tokens, lt.max_tokens)
-        prompt = row["prompt"].rstrip("\n")
-        suffix = TARGET_TEXT[lt.mode].format(n=n)
-        out.append(dict(row, prompt=f"{prompt}\n{suffix}\n", target_tokens=n))
+        out.append(dict(row, prompt=with_length_line(row["prompt"], lt.mode, n), target_tokens=n))
     return out
