@@ -97,11 +97,8 @@ def _measure(plain, spec, prompts, b: int, args) -> dict:
 
 
 def _per_position(engine) -> list[int]:
-    """vLLM's cumulative accepted-token counts per draft position."""
-    for m in engine.llm.get_metrics():
-        if m.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-            return list(getattr(m, "values", []))
-    return []
+    """vLLM's cumulative accepted-token counts per draft position (summed by the engine's step meter)."""
+    return list(engine.meter.accepted_per_pos)
 
 
 def main() -> None:

@@ -216,6 +216,10 @@ class StepMeter:
         self.scheduler, self.controller = core.scheduler, controller
         self.size = len(self.scheduler.dynamic_sd_lookup)
         self.steps = self.spec_steps = self.skipped_steps = 0  # steps; with K > 0; without the drafter
+        # vLLM's speculation counters, summed from each step's scheduler stats (reading them back through
+        # ``LLM.get_metrics()`` costs ~2 ms a call, which a batch-1 rollout pays on every generate call)
+        self.drafts = self.draft_tokens = self.accepted_tokens = 0
+        self.accepted_per_pos = [0] * controller.k_max
         runner = llm.collective_rpc(_model_runner)[0]
         gate_drafter(runner)
         self._prev_k: int | None = None
@@ -247,6 +251,14 @@ class StepMeter:
                 self.steps += 1
                 self.spec_steps += int(k > 0)
                 self.skipped_steps += int(runner.laconic_skip_drafter)
+            for eco in outputs.values():
+                sd = eco.scheduler_stats.spec_decoding_stats if eco.scheduler_stats is not None else None
+                if sd is not None:
+                    self.drafts += sd.num_drafts
+                    self.draft_tokens += sd.num_draft_tokens
+                    self.accepted_tokens += sd.num_accepted_tokens
+                    for i, n in enumerate(sd.num_accepted_tokens_per_pos):
+                        self.accepted_per_pos[i] += n
             return outputs, executed
 
         self.scheduler.schedule = metered_schedule

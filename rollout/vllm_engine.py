@@ -204,9 +204,8 @@ class VLLMEngine:
         """(drafts, draft tokens, accepted tokens, engine steps, speculative steps), cumulative."""
         if self.meter is None:
             return (0, 0, 0, 0, 0)
-        m = {x.name: getattr(x, "value", 0) or 0 for x in self.llm.get_metrics() if x.name.startswith("vllm:spec")}
-        return (int(m.get("vllm:spec_decode_num_drafts", 0)), int(m.get("vllm:spec_decode_num_draft_tokens", 0)),
-                int(m.get("vllm:spec_decode_num_accepted_tokens", 0)), self.meter.steps, self.meter.spec_steps)
+        m = self.meter
+        return (m.drafts, m.draft_tokens, m.accepted_tokens, m.steps, m.spec_steps)
 
     def spec_total(self) -> SpecStats:
         """Speculation counters over the engine's whole life (every generate call so far)."""

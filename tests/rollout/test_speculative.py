@@ -66,6 +66,20 @@ def test_greedy_rollouts_are_token_identical_with_and_without_drafter(setup):
     assert a.completion_ids.tolist() == b.completion_ids.tolist()
 
 
+def test_speculation_counters_are_vllms(setup):
+    """The engine sums vLLM's per-step speculation stats itself (cheaper than reading its metrics every call): the
+    totals must be vLLM's own counters."""
+    eng = setup["spec"]
+    eng.generate(setup["prompts"][:4], SamplingSpec(n=2, max_tokens=64, temperature=1.0, seed=5))
+    m = {x.name: x for x in eng.llm.get_metrics() if x.name.startswith("vllm:spec_decode")}
+    total = eng.spec_total()
+    assert total.drafts > 0
+    assert (total.drafts, total.draft_tokens, total.accepted_tokens) == (
+        m["vllm:spec_decode_num_drafts"].value, m["vllm:spec_decode_num_draft_tokens"].value,
+        m["vllm:spec_decode_num_accepted_tokens"].value)
+    assert eng.meter.accepted_per_pos == list(m["vllm:spec_decode_num_accepted_tokens_per_pos"].values)
+
+
 def _marginals(batch, width):
     ids = batch.completion_ids[:, :width]
     return [Counter(ids[batch.completion_mask[:, :width][:, t], t].tolist()) for t in range(width)]
