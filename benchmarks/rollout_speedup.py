@@ -3,7 +3,8 @@
     python benchmarks/rollout_speedup.py [--run RUN_FOLDER] [--prompts 64] [--batch-sizes 1,4,16,64] [--json PATH]
 
 One policy checkpoint (``--run``: the run's exported policy and its drafter; default: the embedded base model and a
-drafter warm-started on its own rollouts exactly as the trainer does before RL step 1), the same held-out prompts,
+drafter with the flagship's (``tiny_dler``) settings warm-started on its own rollouts exactly as the trainer does
+before RL step 1), the same held-out prompts,
 temperature 1, per-request seeds. For every batch size b the prompts are generated in consecutive calls of b
 prompts, alternating call by call between an engine without speculation and one with the drafter (adaptive K per
 batch size, the trainer's default), so machine noise hits both alike. Before measuring, one calibration pass over
@@ -52,16 +53,20 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from drafters.config import DrafterConfig
     from drafters.online import OnlineDrafter
     from rollout.types import SamplingSpec
     from trainers.drafting import fit_on_rollouts
 
+    from dataclasses import replace
+
+    from recipes.loader import load
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    drafter = OnlineDrafter(DrafterConfig(enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512,
-                                          train_depth=args.train_depth), cfg,
-                            model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
+    flagship = load("tiny_dler", [])[0].drafter  # the flagship's drafter settings (learning rate, loss weights)
+    dcfg = replace(flagship, enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512,
+                   train_depth=args.train_depth)
+    drafter = OnlineDrafter(dcfg, cfg, model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
     batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
     t0 = time.perf_counter()
     stats = fit_on_rollouts(drafter, model, batch, steps=args.warm_steps)

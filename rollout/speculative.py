@@ -74,20 +74,36 @@ class SpecController:
     """Chooses the number of speculative tokens K per batch-size bucket from measured goodput.
 
     vLLM's scheduler reads K from a dense lookup ``dynamic_sd_lookup[batch size]`` (0 = no speculation) every step;
-    the controller rewrites that lookup. For every (bucket, K) it keeps the recent goodputs (tokens emitted per second
-    of engine step) and picks the K with the best median, trying the other K's every ``explore_every``-th step of the
-    bucket so estimates follow the drafter and the policy as they change. Only steps whose K equals the previous
-    step's count (drafts of step t are verified at step t+1) and that prefill nothing are measured.
+    the controller rewrites that lookup. Goodput at K is (tokens a request gains per step at K) / (seconds a step
+    costs per request at K), the two measured apart:
+
+    - tokens per step, ``1 + a_1 + ... + a_K``, from the drafter's per-position acceptance ``a_i`` (vLLM's per-step
+      counts of drafts reaching position i and accepted through it), pooled over every speculative step of every
+      batch size with an exponential forgetting (``decay`` per step) so it follows the drafter and the policy;
+    - step cost per (bucket, K): the median of the recent seconds per request of steps that ran at that K. Only
+      steps whose K equals the previous step's (drafts of step t are verified at step t+1) and that prefill nothing
+      are measured; every ``explore_every``-th step of a bucket runs another K for two steps to keep them known.
+
+    The choice changes only when another K's estimate beats it by ``margin``.
+
+    Measuring goodput directly as tokens / seconds per step (as a first version did) is too noisy at small batch
+    sizes: a step's tokens swing with a few accept/reject coin flips and with requests ending mid-round, and the K
+    in use is re-measured every step while a challenger gets one sample per exploration, so a few unlucky samples
+    kept a worse K chosen for hundreds of steps (measured: 2.5 instead of 3.7 tokens per step at batch 1).
     """
 
-    def __init__(self, k_max: int, buckets: list[int], explore_every: int, window: int = 16) -> None:
+    def __init__(self, k_max: int, buckets: list[int], explore_every: int, window: int = 16,
+                 decay: float = 0.98, margin: float = 0.05) -> None:
         if k_max < 1:
             raise ValueError(f"num_speculative_tokens={k_max} must be >= 1")
         if explore_every and explore_every < 3:
             raise ValueError(f"spec_explore_every={explore_every} must be 0 (no exploration) or >= 3 (it explores "
                              "for two steps)")
         self.k_max, self.buckets, self.explore_every, self.window = k_max, sorted(buckets), explore_every, window
-        self.samples: dict[tuple[int, int], list[float]] = {}  # (bucket, K) -> recent goodputs (tokens/s)
+        self.decay, self.margin = decay, margin
+        self.samples: dict[tuple[int, int], list[float]] = {}  # (bucket, K) -> recent seconds per request-step
+        self.drafted = [0.0] * k_max  # decayed count of drafts that reached position i
+        self.accepted = [0.0] * k_max  # ... and were accepted through position i
         self.steps: dict[int, int] = {}  # bucket -> steps seen
         self.choice: dict[int, int] = {b: k_max for b in self.buckets}  # start optimistic: speculate everywhere
         self.forced_off = False  # set when speculation may not be used (e.g. the lossless guard failed)
@@ -119,21 +135,52 @@ class SpecController:
         known = all(len(self.samples.get((b, k), ())) >= 4 for k in range(self.k_max + 1))
         return self.explore_every * (4 if known else 1)
 
-    def record(self, batch: int, k: int, tokens: int, seconds: float, measurable: bool) -> None:
+    def observe(self, drafted_per_pos: list[int], accepted_per_pos: list[int]) -> None:
+        """One step's speculation counts per draft position (vLLM's ``num_draft_tokens_per_pos`` /
+        ``num_accepted_tokens_per_pos``); a step without drafts changes nothing."""
+        if not any(drafted_per_pos):
+            return
+        for i in range(self.k_max):
+            d = drafted_per_pos[i] if i < len(drafted_per_pos) else 0
+            a = accepted_per_pos[i] if i < len(accepted_per_pos) else 0
+            self.drafted[i] = self.decay * self.drafted[i] + d
+            self.accepted[i] = self.decay * self.accepted[i] + a
+        # choices are re-derived per bucket as its steps are recorded (record), not here on every step
+
+    def acceptance(self) -> list[float]:
+        """a_i: the rate at which a draft reaching position i is accepted through it (0 where nothing was drafted)."""
+        return [a / d if d > 0 else 0.0 for a, d in zip(self.accepted, self.drafted)]
+
+    def tokens_per_step(self, k: int) -> float:
+        """Expected tokens a request gains in a step that verifies K drafts (the bonus token included)."""
+        return 1.0 + sum(self.acceptance()[:k])
+
+    def record(self, batch: int, k: int, seconds: float, measurable: bool) -> None:
+        """One engine step of ``batch`` requests at K (``measurable``: not a prefill and K as in the previous step)."""
         b = self.bucket(batch)
         self.steps[b] = self.steps.get(b, 0) + 1
         if not measurable or seconds <= 0:
             return
         xs = self.samples.setdefault((b, k), [])
-        xs.append(tokens / seconds)
+        xs.append(seconds / batch)
         del xs[:-self.window]
         self.choice[b] = self._best(b)
 
+    def goodputs(self, b: int) -> dict[int, float]:
+        """Bucket ``b``: K -> estimated tokens per second per request (for each K with >= 2 step measurements)."""
+        return {k: self.tokens_per_step(k) / sorted(xs)[len(xs) // 2] for (bb, k), xs in self.samples.items()
+                if bb == b and len(xs) >= 2}
+
     def _best(self, b: int) -> int:
-        meds = {k: sorted(xs)[len(xs) // 2] for (bb, k), xs in self.samples.items() if bb == b and len(xs) >= 2}
-        if not meds:
-            return self.choice[b]
-        return max(meds, key=lambda k: (meds[k], -k))
+        """The K with the best estimated goodput; the current choice stays unless another beats it by ``margin``
+        (a K change costs a step that verifies the old K's drafts, so flapping between near-equal K's loses)."""
+        g, cur = self.goodputs(b), self.choice[b]
+        if not g:
+            return cur
+        best = max(g, key=lambda k: (g[k], -k))
+        if cur in g and g[best] <= g[cur] * (1.0 + self.margin):
+            return cur
+        return best
 
     def handoff_size(self, size: int) -> int:
         """The largest batch size below ``size`` at which the controller speculates (0: none): a rollout whose body
@@ -149,11 +196,14 @@ class SpecController:
         return best
 
     def speedups(self) -> dict[int, float]:
-        """Per batch-size bucket that speculates: median goodput at the chosen K over median goodput at K = 0, both
-        measured on this engine's own steps (only where each has >= 2 measurements)."""
-        med = {key: sorted(xs)[len(xs) // 2] for key, xs in self.samples.items() if len(xs) >= 2}
-        return {b: med[(b, self.choice[b])] / med[(b, 0)] for b in self.buckets
-                if self.choice[b] > 0 and (b, self.choice[b]) in med and (b, 0) in med and med[(b, 0)] > 0}
+        """Per batch-size bucket that speculates: estimated goodput at the chosen K over goodput at K = 0, both from
+        this engine's own steps (only where each has >= 2 measurements)."""
+        out = {}
+        for b in self.buckets:
+            g, k = self.goodputs(b), self.choice[b]
+            if k > 0 and k in g and g.get(0, 0.0) > 0:
+                out[b] = g[k] / g[0]
+        return out
 
     def lookup(self, size: int) -> list[int]:
         """The dense ``dynamic_sd_lookup`` for batch sizes 0..size-1 with the current choices (no exploration)."""
@@ -161,12 +211,14 @@ class SpecController:
 
     def state_dict(self) -> dict:
         return {"samples": {f"{b},{k}": v for (b, k), v in self.samples.items()}, "steps": dict(self.steps),
-                "choice": dict(self.choice)}
+                "choice": dict(self.choice), "drafted": list(self.drafted), "accepted": list(self.accepted)}
 
     def load_state_dict(self, state: dict) -> None:
         self.samples = {tuple(int(x) for x in key.split(",")): list(v) for key, v in state["samples"].items()}
         self.steps = {int(k): int(v) for k, v in state["steps"].items()}
         self.choice = {int(k): int(v) for k, v in state["choice"].items()}
+        self.drafted = [float(x) for x in state["drafted"]]
+        self.accepted = [float(x) for x in state["accepted"]]
 
 
 def _model_runner(worker):
@@ -243,9 +295,8 @@ class StepMeter:
             so = self._last
             if executed and so is not None and so.num_scheduled_tokens:
                 k = getattr(so, "num_spec_tokens_to_schedule", 0) or 0
-                tokens = sum(len(o.new_token_ids) for eco in outputs.values() for o in eco.outputs)
                 prefill = bool(so.scheduled_new_reqs)
-                self.controller.record(len(so.num_scheduled_tokens), k, tokens, dt,
+                self.controller.record(len(so.num_scheduled_tokens), k, dt,
                                        measurable=not prefill and k == self._prev_k)
                 self._prev_k = k
                 self.steps += 1
@@ -259,6 +310,7 @@ class StepMeter:
                     self.accepted_tokens += sd.num_accepted_tokens
                     for i, n in enumerate(sd.num_accepted_tokens_per_pos):
                         self.accepted_per_pos[i] += n
+                    self.controller.observe(sd.num_draft_tokens_per_pos, sd.num_accepted_tokens_per_pos)
             return outputs, executed
 
         self.scheduler.schedule = metered_schedule

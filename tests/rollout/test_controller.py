@@ -4,17 +4,50 @@ import pytest
 from rollout.speculative import SpecController
 
 
-def test_choice_follows_the_best_median_goodput_per_bucket():
+def test_choice_follows_the_best_goodput_per_bucket():
+    """Goodput at K = (1 + a_1 + ... + a_K) / seconds per request-step at K."""
     c = SpecController(k_max=2, buckets=[1, 4, 64], explore_every=0)
     assert c.choice == {1: 2, 4: 2, 64: 2}  # optimistic start: speculate everywhere
-    for tok_s_k0, tok_s_k2 in ((100.0, 180.0), (110.0, 170.0), (90.0, 175.0)):
-        c.record(1, 0, int(tok_s_k0), 1.0, measurable=True)
-        c.record(1, 2, int(tok_s_k2), 1.0, measurable=True)
-        c.record(40, 0, int(10 * tok_s_k0), 1.0, measurable=True)
-        c.record(40, 2, int(4 * tok_s_k2), 1.0, measurable=True)
+    c.observe([10, 10], [8, 6])  # a = 0.8, 0.6: 1.8 tokens per step at K = 1, 2.4 at K = 2
+    assert c.tokens_per_step(0) == 1.0 and c.tokens_per_step(2) == pytest.approx(2.4)
+    for jitter in (1.0, 1.1, 0.9):
+        c.record(1, 0, 0.010 * jitter, measurable=True)  # batch 1: 100 tokens/s without, 160 with K = 2
+        c.record(1, 2, 0.015 * jitter, measurable=True)
+        c.record(40, 0, 0.100 * jitter, measurable=True)  # batch 40: 400 tokens/s/request without, 320 with K = 2
+        c.record(40, 2, 0.300 * jitter, measurable=True)
     assert c.choice[1] == 2 and c.choice[64] == 0
-    c.record(40, 2, 10**6, 1.0, measurable=False)  # a prefill step or a K change: not a measurement
+    assert c.speedups() == {1: pytest.approx(1.6)}
+    c.record(40, 2, 1e-6, measurable=False)  # a prefill step or a K change: not a measurement
     assert c.choice[64] == 0 and c.k_for(33) == 0 and c.k_for(1) == 2
+
+
+def test_choice_follows_acceptance_as_the_drafter_falls_behind():
+    """Acceptance is pooled over every speculative step and forgotten at ``decay`` per step: when the drafter stops
+    matching the policy, K = 0 wins within tens of steps even though K = 2's step cost has not changed."""
+    c = SpecController(k_max=2, buckets=[1], explore_every=0)
+    for _ in range(5):
+        c.record(1, 0, 0.010, measurable=True)
+        c.record(1, 2, 0.015, measurable=True)
+    c.observe([1, 1], [1, 1])
+    c.record(1, 2, 0.015, measurable=True)
+    assert c.choice[1] == 2
+    for _ in range(60):
+        c.observe([1, 1], [0, 0])  # a = 0 from now on
+    c.record(1, 2, 0.015, measurable=True)
+    assert c.acceptance()[0] < 0.35 and c.choice[1] == 0
+
+
+def test_a_near_tie_does_not_flip_the_choice():
+    """A K change wastes a step (it verifies the old K's drafts), so the choice moves only for a > 5% better K."""
+    c = SpecController(k_max=2, buckets=[1], explore_every=0)
+    c.observe([10, 10], [10, 5])  # 2.0 tokens per step at K = 1, 2.5 at K = 2
+    for _ in range(3):
+        c.record(1, 2, 0.0125, measurable=True)  # K = 2: 200 tokens/s
+        c.record(1, 1, 0.0097, measurable=True)  # K = 1: 206 tokens/s, 3% better
+    assert c.choice[1] == 2
+    for _ in range(4):
+        c.record(1, 1, 0.0090, measurable=True)  # K = 1 now: 222 tokens/s (median of its samples), 11% better
+    assert c.choice[1] == 1
 
 
 def test_handoff_size_is_the_largest_batch_that_speculates():
@@ -34,15 +67,16 @@ def test_exploration_measures_every_k_and_state_round_trips():
     """Each exploration lasts two steps, so the second is measurable (its K equals the previous step's): a K that is
     faster than the current choice gets measured and chosen."""
     c = SpecController(k_max=2, buckets=[4], explore_every=3)
+    c.observe([4, 4], [2, 2])  # a = 0.5, 0.5
     prev = None
     for _ in range(40):
         k = c.k_for(3)
-        c.record(3, k, {0: 30, 1: 20, 2: 10}[k], 1.0, measurable=k == prev)  # K = 0 is the fastest here
+        c.record(3, k, {0: 1.0, 1: 2.0, 2: 3.0}[k], measurable=k == prev)  # K = 0 is the fastest here
         prev = k
     assert {k for (_, k) in c.samples} == {0, 1, 2} and c.choice[4] == 0
     d = SpecController(k_max=2, buckets=[4], explore_every=3)
     d.load_state_dict(c.state_dict())
-    assert d.state_dict() == c.state_dict() and d.choice == c.choice
+    assert d.state_dict() == c.state_dict() and d.choice == c.choice and d.acceptance() == [0.5, 0.5]
 
 
 def test_k_max_must_be_positive_and_exploration_last_two_steps():
