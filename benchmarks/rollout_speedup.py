@@ -4,12 +4,13 @@
 
 One policy checkpoint (``--run``: the run's exported policy and its drafter; default: the embedded base model and a
 drafter with the flagship's (``tiny_dler``) settings warm-started on its own rollouts exactly as the trainer does
-before RL step 1), the same held-out prompts,
-temperature 1, per-request seeds. For every batch size b the prompts are generated in consecutive calls of b
-prompts, alternating call by call between an engine without speculation and one with the drafter (adaptive K per
-batch size, the trainer's default), so machine noise hits both alike. Before measuring, one calibration pass over
-all batch sizes lets the speculation controller learn its goodput table (the trainer's engines learn it during the
-first rollouts the same way). Prints tokens/s for both, the ratio, the mean acceptance length and the K the
+before RL step 1), the same held-out prompts, temperature 1, per-request seeds. For every batch size b the prompts
+are generated in consecutive calls of b prompts (repeated with fresh seeds until there are ``--min-calls`` calls: a
+large-batch call lasts as long as its longest completion, so one call is one noisy sample), alternating call by
+call between an engine without speculation and one with the drafter (adaptive K per batch size, the trainer's
+default), so machine noise hits both alike. Before measuring, one calibration pass over all batch sizes lets the
+speculation controller learn its goodput table (the trainer's engines learn it during the first rollouts the same
+way). Prints tokens/s for both, the ratio, the mean acceptance length and the K the
 controller settled on; ``--json PATH`` writes the same numbers.
 """
 from __future__ import annotations
@@ -75,15 +76,16 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     return drafter.export(Path(args.workdir) / "drafter")
 
 
-def _measure(plain, spec, prompts, b: int, args) -> dict:
+def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     from rollout.types import SamplingSpec
 
     tot = {"plain": [0.0, 0], "spec": [0.0, 0]}
     drafts = accepted = enabled = calls = 0
     per_pos0 = _per_position(spec)
-    for s in range(0, len(prompts), b):
+    passes = max(1, -(-min_calls * b // len(prompts)))  # every prompt once per pass, a fresh seed each pass
+    for p, s in [(p, s) for p in range(passes) for s in range(0, len(prompts), b)]:
         chunk = prompts[s:s + b]
-        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s)
+        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s + 10**6 * p)
         for name, eng in (("plain", plain), ("spec", spec)):
             t0 = time.perf_counter()
             out = eng.generate(chunk, sample)
@@ -112,6 +114,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,4,16,64")
     ap.add_argument("--max-tokens", type=int, default=400)
+    ap.add_argument("--min-calls", type=int, default=8,
+                    help="generate calls per batch size at least (more passes over the prompts, fresh seeds): at "
+                         "batch 64 one call's time is its slowest request's, so a single call is one noisy sample")
     ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
     ap.add_argument("--warm-steps", type=int, default=400)
     ap.add_argument("--train-depth", type=int, default=DrafterConfig.train_depth,
@@ -139,7 +144,7 @@ def main() -> None:
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     for b in sizes:  # calibration: the controller measures every K on every batch size once
         _measure(plain, spec, prompts[: max(b, len(prompts) // 4)], b, args)
-    rows_out = [_measure(plain, spec, prompts, b, args) for b in sizes]
+    rows_out = [_measure(plain, spec, prompts, b, args, args.min_calls) for b in sizes]
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
     print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3}  "
