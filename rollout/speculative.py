@@ -214,6 +214,11 @@ class SpecController:
                 "choice": dict(self.choice), "drafted": list(self.drafted), "accepted": list(self.accepted)}
 
     def load_state_dict(self, state: dict) -> None:
+        if "drafted" not in state:  # saved by the earlier controller, whose samples were tokens/s: not comparable
+            log.warning("speculation controller state from an earlier version (no acceptance counts): its "
+                        "measurements are discarded and the controller re-learns them (choices kept)")
+            self.choice = {int(k): int(v) for k, v in state["choice"].items()}
+            return
         self.samples = {tuple(int(x) for x in key.split(",")): list(v) for key, v in state["samples"].items()}
         self.steps = {int(k): int(v) for k, v in state["steps"].items()}
         self.choice = {int(k): int(v) for k, v in state["choice"].items()}

@@ -77,6 +77,10 @@ def test_exploration_measures_every_k_and_state_round_trips():
     d = SpecController(k_max=2, buckets=[4], explore_every=3)
     d.load_state_dict(c.state_dict())
     assert d.state_dict() == c.state_dict() and d.choice == c.choice and d.acceptance() == [0.5, 0.5]
+    old = {"samples": {"4,2": [100.0, 90.0]}, "steps": {"4": 7}, "choice": {"4": 1}}  # the tokens/s controller's
+    e = SpecController(k_max=2, buckets=[4], explore_every=3)
+    e.load_state_dict(old)
+    assert e.choice == {4: 1} and e.samples == {} and e.acceptance() == [0.0, 0.0]
 
 
 def test_k_max_must_be_positive_and_exploration_last_two_steps():
