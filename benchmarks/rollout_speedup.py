@@ -16,6 +16,7 @@ controller settled on; ``--json PATH`` writes the same numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -24,7 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the rooms, when run as `python benchmarks/rollout_speedup.py`
-from drafters.config import DrafterConfig  # noqa: E402  (light: a dataclass)
 
 
 def _load(args):
@@ -66,7 +66,7 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     flagship = load("tiny_dler", [])[0].drafter  # the flagship's drafter settings (learning rate, loss weights)
     dcfg = replace(flagship, enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512,
-                   train_depth=args.train_depth)
+                   train_depth=args.train_depth or flagship.train_depth)
     drafter = OnlineDrafter(dcfg, cfg, model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
     batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     drafts = accepted = enabled = calls = 0
     per_pos0 = _per_position(spec)
     passes = max(1, -(-min_calls * b // len(prompts)))  # every prompt once per pass, a fresh seed each pass
-    for p, s in [(p, s) for p in range(passes) for s in range(0, len(prompts), b)]:
+    for p, s in itertools.product(range(passes), range(0, len(prompts), b)):
         chunk = prompts[s:s + b]
         sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s + 10**6 * p)
         for name, eng in (("plain", plain), ("spec", spec)):
@@ -119,8 +119,8 @@ def main() -> None:
                          "batch 64 one call's time is its slowest request's, so a single call is one noisy sample")
     ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
     ap.add_argument("--warm-steps", type=int, default=400)
-    ap.add_argument("--train-depth", type=int, default=DrafterConfig.train_depth,
-                    help="drafter.train_depth of the warm-started drafter (1 = teacher-forced only)")
+    ap.add_argument("--train-depth", type=int, default=0,
+                    help="drafter.train_depth of the warm-started drafter (0 = the flagship's; 1 = teacher-forced only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--json", default="")
