@@ -39,8 +39,8 @@ def _load(args):
         if not (model / "config.json").exists() or not (drafter_dir / "config.json").exists():
             raise SystemExit(f"--run {run}: needs export/ with export/drafter/ (a run with drafter.enabled=true)")
         dcfg = json.loads((drafter_dir / "config.json").read_text())
-        drafter = DrafterExport(dcfg.get("laconic_drafter", "eagle"), dcfg.get("laconic_num_speculative_tokens", args.k),
-                                str(drafter_dir), 1)
+        k = args.k or dcfg.get("laconic_num_speculative_tokens", 4)
+        drafter = DrafterExport(dcfg.get("laconic_drafter", "eagle"), k, str(drafter_dir), 1)
     else:
         from recipes.tasks.base_model import ensure_base_model
 
@@ -65,7 +65,8 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     flagship = load("tiny_dler", [])[0].drafter  # the flagship's drafter settings (learning rate, loss weights)
-    dcfg = replace(flagship, enabled=True, num_speculative_tokens=args.k, max_rows_per_step=512,
+    dcfg = replace(flagship, enabled=True, num_speculative_tokens=args.k or flagship.num_speculative_tokens,
+                   max_rows_per_step=512,
                    train_depth=args.train_depth or flagship.train_depth)
     drafter = OnlineDrafter(dcfg, cfg, model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
     batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
@@ -114,10 +115,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,4,16,64")
     ap.add_argument("--max-tokens", type=int, default=400)
-    ap.add_argument("--min-calls", type=int, default=8,
+    ap.add_argument("--min-calls", type=int, default=16,
                     help="generate calls per batch size at least (more passes over the prompts, fresh seeds): at "
                          "batch 64 one call's time is its slowest request's, so a single call is one noisy sample")
-    ap.add_argument("--k", type=int, default=4, help="most speculative tokens per round")
+    ap.add_argument("--k", type=int, default=0,
+                    help="most speculative tokens per round (0 = the run's export, or the flagship's)")
     ap.add_argument("--warm-steps", type=int, default=400)
     ap.add_argument("--train-depth", type=int, default=0,
                     help="drafter.train_depth of the warm-started drafter (0 = the flagship's; 1 = teacher-forced only)")

@@ -88,3 +88,23 @@ def test_k_max_must_be_positive_and_exploration_last_two_steps():
         SpecController(k_max=0, buckets=[1], explore_every=0)
     with pytest.raises(ValueError, match="spec_explore_every=2"):
         SpecController(k_max=2, buckets=[1], explore_every=2)
+
+
+def test_step_costs_pool_every_k_so_a_lucky_sample_does_not_win():
+    """K >= 1 step costs lie on a line fitted to all K's medians (weighted by samples): two lucky samples of K = 2
+    (2 ms against ~3-4 ms) would win by their own median (2.7 / 2.0 vs 4.0 / 4.0 tokens per ms) but not on the line."""
+    c = SpecController(k_max=4, buckets=[4], explore_every=0)
+    c.observe([10, 10, 10, 10], [9, 8, 7, 6])  # 1.9 / 2.7 / 3.4 / 4.0 tokens per step at K = 1..4
+    for _ in range(16):
+        c.record(4, 4, 4 * 0.004, measurable=True)
+    for k, ms in ((1, 3.0), (2, 2.0), (3, 3.8)):
+        for _ in range(2):
+            c.record(4, k, 4 * ms / 1000, measurable=True)
+    cost = c.step_costs(4)
+    assert cost[1] < cost[2] < cost[3] < cost[4] == pytest.approx(0.004, rel=0.01)
+    assert c.choice[4] == 4
+    d = SpecController(k_max=4, buckets=[4], explore_every=0)  # the same costs, decreasing with K: slope clamped to 0
+    for k in (1, 2, 3, 4):
+        for _ in range(2):
+            d.record(4, k, 4 * (5 - k) / 1000, measurable=True)
+    assert len(set(round(v, 9) for v in d.step_costs(4).values())) == 1

@@ -242,6 +242,25 @@ def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
     assert texts == batch.texts
 
 
+def test_requests_missing_drafter_kv_are_not_speculated(setup, base_model_dir):
+    """Without hand-off, requests whose body ran without the drafter keep K = 0 when the batch shrinks into a
+    speculating bucket (their drafter KV has holes), and no acceptance from them reaches the controller; requests
+    of the next call are fresh and speculate again."""
+    from rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 0,
+                                                      "spec_buckets": [8, 256], "spec_handoff": False}),
+                     seed=0, drafter=setup["trained"])
+    eng.controller.choice = {8: 4, 256: 0}
+    prompts = setup["prompts"][:12]
+    out = eng.generate(prompts, SamplingSpec(n=1, max_tokens=205, temperature=0.0))
+    full = setup["plain"].generate(prompts, SamplingSpec(n=1, max_tokens=205, temperature=0.0))
+    assert torch.equal(out.completion_ids, full.completion_ids)
+    assert eng.meter.skipped_steps > 0 and eng.meter.drafts == 0 and eng.controller.acceptance() == [0.0] * 4
+    small = eng.generate(prompts[:4], SamplingSpec(n=1, max_tokens=40, temperature=0.0))  # bucket 8: speculates
+    assert small.spec.drafts > 0 and eng.controller.acceptance()[0] > 0.5
+
+
 def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_model_dir):
     """The adaptive controller changes K between steps (here: exploring the next K for two of every three steps, 0
     included): the temperature-1 token marginals still match the plain engine's within sampling noise."""
