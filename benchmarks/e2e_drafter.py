@@ -56,7 +56,7 @@ def main() -> None:
     for key in ("eval/acc", "eval/len_mean"):
         b, a = (res["drafter"]["summary"][x][key] for x in ("before", "after"))
         bp, ap_ = (res["plain"]["summary"][x][key] for x in ("before", "after"))
-        print(f"{key + ' before -> after':28s}{f'{b:.3f}->{a:.3f}':>12s}{f'{bp:.3f}->{ap_:.3f}':>12s}")
+        print(f"{key + ' before -> after':28s} {f'{b:.3f} -> {a:.3f}':>16s} {f'{bp:.3f} -> {ap_:.3f}':>16s}")
     print("\nwhere the time goes (mean s per step):")
     ph = {n: _phases(r["metrics"]) for n, r in res.items()}
     for k in sorted(set(ph["drafter"]) | set(ph["plain"])):
