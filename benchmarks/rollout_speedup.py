@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +56,9 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     from transformers import AutoModelForCausalLM
 
     from drafters.online import OnlineDrafter
+    from recipes.loader import load
     from rollout.types import SamplingSpec
     from trainers.drafting import fit_on_rollouts
-
-    from dataclasses import replace
-
-    from recipes.loader import load
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = json.loads((Path(model_dir) / "config.json").read_text())

@@ -258,17 +258,18 @@ def _model_runner(worker):
 
 def gate_drafter(runner) -> None:
     """Skip the drafter entirely on steps that propose no tokens (K = 0) while ``runner.laconic_skip_drafter`` is set
-    (the step meter sets it when K = 0 is the controller's choice for the batch, i.e. in a rollout's body; an
-    exploration of K = 0 where the controller speculates still runs the drafter, so the requests' drafter KV stays
-    complete and speculation resumes at full acceptance).
+    (the step meter sets it when K = 0 is the controller's choice for the batch, i.e. in a rollout's body, and for
+    requests whose drafter KV already has holes; an exploration of K = 0 where the controller speculates still runs
+    the drafter, so the requests' drafter KV stays complete and speculation resumes at full acceptance).
 
     vLLM runs the drafter's forward on every step of a speculating engine, also when the step proposes nothing: the
     EAGLE head keeps its own KV cache filled. On a K = 0 step that forward is pure cost (measured: an engine with a
     drafter and K forced to 0 decodes at 0.71-0.79x the speed of one without), so the large-batch body of a rollout
     was slower than without speculation. Gated, a K = 0 step costs what a plain step costs; the drafter's KV for the
     skipped positions is left unwritten, which is why :meth:`VLLMEngine.generate` hands the requests still running
-    when speculation turns on over to fresh requests (a re-prefill of prompt + partial completion writes it).
-    Acceptance is all a stale drafter KV could cost: verification keeps sampling lossless either way."""
+    when speculation turns on over to fresh requests (a re-prefill of prompt + partial completion writes it), and
+    why the step meter does not speculate on requests it has not handed over (see :class:`StepMeter`). Acceptance is
+    all a stale drafter KV could cost: verification keeps sampling lossless either way."""
     propose = runner.propose_draft_token_ids
 
     runner.laconic_skip_drafter = False
@@ -316,7 +317,7 @@ class StepMeter:
         gate_drafter(runner)
         self._prev_k: int | None = None
         self._last = None
-        self.stale = self._step_stale = False  # running requests lack drafter KV (a skipped step since they began)
+        self.stale = False  # running requests lack drafter KV (a skipped step since they began)
         schedule, step_fn = self.scheduler.schedule, core.step_fn
 
         def metered_schedule(*args, **kwargs):
@@ -330,7 +331,6 @@ class StepMeter:
                 k, skip = 0, True
             runner.laconic_skip_drafter = skip
             self.stale = self.stale or skip
-            self._step_stale = self.stale
             self.scheduler.dynamic_sd_lookup = [0] + [k] * (self.size - 1)
             self._last = schedule(*args, **kwargs)
             return self._last
@@ -357,7 +357,7 @@ class StepMeter:
                     self.accepted_tokens += sd.num_accepted_tokens
                     for i, n in enumerate(sd.num_accepted_tokens_per_pos):
                         self.accepted_per_pos[i] += n
-                    if not self._step_stale:
+                    if not self.stale:  # as set when this step was scheduled
                         self.controller.observe(sd.num_draft_tokens_per_pos, sd.num_accepted_tokens_per_pos)
             return outputs, executed
 
