@@ -51,8 +51,11 @@ def main() -> None:
     print(f"{'':28s}{'drafter on':>12s}{'drafter off':>12s}")
     print(f"{'s / RL step (median)':28s}{step['drafter']:>12.2f}{step['plain']:>12.2f}   ratio {step['plain'] / step['drafter']:.2f}x")
     print(f"{'run wall s (incl. warm start)':28s}{wall['drafter']:>12.0f}{wall['plain']:>12.0f}   ratio {wall['plain'] / wall['drafter']:.2f}x")
-    warm = res["drafter"]["summary"].get("drafter", {}).get("drafter/warmup_s", 0.0)
-    print(f"{'drafter warm start s':28s}{warm:>12.1f}")
+    dsum = res["drafter"]["summary"].get("drafter", {})
+    warm = dsum.get("drafter/warmup_s", 0.0)
+    split = ", ".join(f"{k} {dsum[f'drafter/warmup_{k}_s']:.1f}" for k in ("rollout", "features", "train")
+                      if f"drafter/warmup_{k}_s" in dsum)
+    print(f"{'drafter warm start s':28s}{warm:>12.1f}   ({split})")
     for key in ("eval/acc", "eval/len_mean"):
         b, a = (res["drafter"]["summary"][x][key] for x in ("before", "after"))
         bp, ap_ = (res["plain"]["summary"][x][key] for x in ("before", "after"))

@@ -8,10 +8,12 @@ before RL step 1), the same held-out prompts, temperature 1, per-request seeds. 
 are generated in consecutive calls of b prompts (repeated with fresh seeds until there are ``--min-calls`` calls: a
 large-batch call lasts as long as its longest completion, so one call is one noisy sample), alternating call by
 call between an engine without speculation and one with the drafter (adaptive K per batch size, the trainer's
-default), so machine noise hits both alike. Before measuring, one calibration pass over all batch sizes lets the
-speculation controller learn its goodput table (the trainer's engines learn it during the first rollouts the same
-way). Prints tokens/s for both, the ratio, the mean acceptance length and the K the
-controller settled on; ``--json PATH`` writes the same numbers.
+default), so machine noise hits both alike. Before measuring a batch size, calibration calls at that size let the
+speculation controller learn its goodput table until it has measured every K there (the trainer's engines learn it
+during the first rollouts the same way, and keep it in their checkpoints); right before, because the controller's
+acceptance is pooled over batch sizes and the long stragglers that finish a large-batch call draft worse than fresh
+requests (seen: after the batch-64 calibration, K = 1 chosen at batch 4 and 1.25x there). Prints tokens/s for both, the ratio, the mean acceptance length, the K the
+controller settled on and the calibration calls it took; ``--json PATH`` writes the same numbers.
 """
 from __future__ import annotations
 
@@ -102,6 +104,23 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
             "accept_per_position": per_pos}
 
 
+def _calibrate(spec, prompts, b: int, args, max_passes: int = 4) -> int:
+    """Speculating calls of b prompts until the controller has measured every K at this batch size (its bucket is
+    settled, as a trainer's engine is after its first rollouts) -- at most ``max_passes`` passes over the prompts.
+    -> calls made. Measuring while it still explores every 8th step would count its learning (15% of the steps
+    off the chosen K at batch 4) as the steady state."""
+    from rollout.types import SamplingSpec
+
+    calls = 0
+    for p, s in itertools.product(range(max_passes), range(0, len(prompts), b)):
+        if calls and spec.controller.settled(b):
+            break
+        spec.generate(prompts[s:s + b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0,
+                                                      seed=args.seed * 1000 + s + 10**6 * (p + 100)))
+        calls += 1
+    return calls
+
+
 def _per_position(engine) -> list[int]:
     """vLLM's cumulative accepted-token counts per draft position (summed by the engine's step meter)."""
     return list(engine.meter.accepted_per_pos)
@@ -142,17 +161,18 @@ def main() -> None:
         drafter = _warm_drafter(model_dir, plain, prompts, args)
     spec = VLLMEngine(model_dir, rc, seed=args.seed, drafter=drafter)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
-    for b in sizes:  # calibration: the controller measures every K on every batch size once
-        _measure(plain, spec, prompts[: max(b, len(prompts) // 4)], b, args)
-    rows_out = [_measure(plain, spec, prompts, b, args, args.min_calls) for b in sizes]
+    rows_out = []
+    for b in sizes:  # calibrate right before measuring: a batch size's tails would skew the next one's acceptance
+        calls = _calibrate(spec, prompts, b, args)
+        rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
-    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3}  "
+    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3} {'calib':>5}  "
           "acceptance per draft position")
     for r in rows_out:
         pos = " ".join(f"{x:.2f}" for x in r["accept_per_position"])
         print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
-              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3}  {pos}")
+              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3} {r['calibration_calls']:>5}  {pos}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "rows": rows_out},
                                               indent=2))

@@ -83,7 +83,8 @@ class SpecController:
     - step cost per (bucket, K) from the recent seconds per request of steps that ran at that K (:meth:`step_costs`:
       K = 0 by its median, K >= 1 by a line through the per-K medians). Only steps whose K equals the previous
       step's (drafts of step t are verified at step t+1) and that prefill nothing are measured; every
-      ``explore_every``-th step of a bucket runs another K for two steps to keep them known.
+      ``explore_every``-th step of a bucket runs another K for two steps to keep them known (8x rarer once every K
+      of the bucket has 4 measurements).
 
     The choice changes only when another K's estimate beats it by ``margin``.
 
@@ -133,13 +134,18 @@ class SpecController:
         every = self._explore_interval(b)
         return bool(every) and self.steps.get(b, 0) % every >= every - 2
 
+    def settled(self, batch: int) -> bool:
+        """Whether every K of ``batch``'s bucket has 4 step measurements (its exploration has slowed down)."""
+        b = self.bucket(batch)
+        return all(len(self.samples.get((b, k), ())) >= 4 for k in range(self.k_max + 1))
+
     def _explore_interval(self, b: int) -> int:
-        """``explore_every`` until every K of the bucket has 4 measurements, then 4x rarer (exploring a bad K on the
-        large-batch body is what costs throughput there)."""
+        """``explore_every`` until the bucket is :meth:`settled`, then 8x rarer. Exploring another K is what costs
+        throughput (measured at batch 4 while settling: 15% of steps off the chosen K); only step costs need it (the
+        acceptance is pooled from every speculative step) and they hardly move once measured."""
         if not self.explore_every:
             return 0
-        known = all(len(self.samples.get((b, k), ())) >= 4 for k in range(self.k_max + 1))
-        return self.explore_every * (4 if known else 1)
+        return self.explore_every * (8 if self.settled(b) else 1)
 
     def observe(self, drafted_per_pos: list[int], accepted_per_pos: list[int]) -> None:
         """One step's speculation counts per draft position (vLLM's ``num_draft_tokens_per_pos`` /

@@ -329,6 +329,11 @@ def _validate_trainer_depth(cfg: Config) -> None:
                      "max_steps_per_update", "train_depth", "train_chains"):
             if getattr(dr, name) < 1:
                 raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
+        if dr.warmup_max_tokens < 0:
+            raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be >= 0 (0 = rollout.max_tokens)")
+        if dr.warmup_max_tokens >= cfg.rollout.max_model_len:
+            raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be < rollout.max_model_len="
+                             f"{cfg.rollout.max_model_len}")
         if dr.method == "eagle" and cfg.model.dtype != cfg.rollout.dtype:
             raise ValueError(f"drafter.method=eagle trains on the trainer's hidden states for the engine: model.dtype="
                              f"{cfg.model.dtype} must equal rollout.dtype={cfg.rollout.dtype}")

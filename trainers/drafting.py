@@ -60,14 +60,18 @@ class DrafterPhase:
         batch = engine.generate(prompts, SamplingSpec(n=n, max_tokens=max_tokens, temperature=temperature,
                                                       seed=seed * 7_717 + 11))
         engine.controller.forced_off = engine.lossless == "broken" and temperature > 0
+        t1 = time.perf_counter()
         self.drafter.new_step()
         for feats in features_of(batch):
             self.drafter.add(feats.to_drafter_batch())
+        t2 = time.perf_counter()
         stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.warmup_steps)
         if self.world_size > 1:  # each rank warmed up on its own prompts
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        out = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_loss": stats.loss,
+        out = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_rollout_s": t1 - t0,
+               "drafter/warmup_features_s": t2 - t1, "drafter/warmup_train_s": stats.train_s,
+               "drafter/warmup_loss": stats.loss,
                "drafter/warmup_top1": stats.top1_agreement, "drafter/warmup_steps": stats.steps}
         return out
 

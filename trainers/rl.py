@@ -274,11 +274,14 @@ class Trainer:
 
     def warm_start_drafter(self) -> None:
         """Before RL step 1: the drafter learns from base-model rollouts of a few training prompts (each rank its own
-        strided share; they do not touch the RL prompt stream)."""
+        strided share; they do not touch the RL prompt stream), capped at ``drafter.warmup_max_tokens`` (default: as
+        the RL rollouts), ``rollout.n`` each but no more rows than the replay slot keeps."""
         c, r = self.cfg.drafter, self.cfg.rollout
         rows = self.task.train[self.d.rank::self.d.world_size][: max(1, c.warmup_prompts // self.d.world_size)]
         prompts = to_prompts(rows, self.tokenizer, self.cfg.data)
-        self.warmup_stats = self.drafting.warm_start(self.rollout, prompts, r.n, r.max_tokens, r.temperature,
+        cap = c.warmup_max_tokens or r.max_tokens
+        n = min(r.n, -(-c.max_rows_per_step // len(prompts)))  # the replay slot keeps max_rows_per_step rows anyway
+        self.warmup_stats = self.drafting.warm_start(self.rollout, prompts, n, cap, r.temperature,
                                                      self._features_of, self.cfg.run.seed)
         if self.d.is_main:
             self.tracker.log(self.warmup_stats, 0)

@@ -123,3 +123,12 @@ def test_unknown_decs_detector_fails_at_validation():
     cfg, _ = load("tiny_decs", ["reward.decs.detector=judge"])
     with pytest.raises(KeyError, match=r"reward\.decs\.detector='judge'"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("value, msg", [("-1", "must be >= 0"), ("512", "must be < rollout.max_model_len=512")])
+def test_drafter_warmup_cap_is_checked_before_any_rollout(value, msg):
+    cfg, _ = load("tiny_dler", [f"drafter.warmup_max_tokens={value}"])
+    with pytest.raises(ValueError, match=rf"drafter\.warmup_max_tokens={value} {msg}"):
+        validate(cfg)
+    cfg, _ = load("tiny_dler", ["drafter.warmup_max_tokens=400"])
+    validate(cfg)

@@ -108,3 +108,24 @@ def test_step_costs_pool_every_k_so_a_lucky_sample_does_not_win():
         for _ in range(2):
             d.record(4, k, 4 * (5 - k) / 1000, measurable=True)
     assert len(set(round(v, 9) for v in d.step_costs(4).values())) == 1
+
+
+def test_exploration_slows_down_once_every_k_is_measured():
+    """Off-choice steps are what exploration costs: one step in 4 with explore_every=8 while a bucket learns (every K
+    needs 4 measurements), one in 32 once it is settled."""
+    c = SpecController(k_max=2, buckets=[4], explore_every=8)
+    c.observe([4, 4], [4, 4])  # full acceptance: K = 2 stays the choice
+    prev, off, steps = None, [], 0
+    while not c.settled(4):
+        k = c.k_for(4)
+        c.record(4, k, 1.0 + 0.1 * k, measurable=k == prev)
+        prev, steps = k, steps + 1
+        assert steps < 200, "a bucket explored every 8th step must settle"
+    assert 0 < steps < 200 and c.choice[4] == 2
+    for _ in range(640):
+        k = c.k_for(4)
+        off.append(k != c.choice[4])
+        c.record(4, k, 1.0 + 0.1 * k, measurable=k == prev)
+        prev = k
+    assert sum(off) / len(off) <= 2 / 64 + 1e-9 and sum(off) > 0  # 2 steps of 64, two thirds of them another K
+    assert not SpecController(k_max=2, buckets=[4], explore_every=8).settled(3)
