@@ -12,8 +12,9 @@ default), so machine noise hits both alike. Before measuring a batch size, calib
 speculation controller learn its goodput table until it has measured every K there (the trainer's engines learn it
 during the first rollouts the same way, and keep it in their checkpoints); right before, because the controller's
 acceptance is pooled over batch sizes and the long stragglers that finish a large-batch call draft worse than fresh
-requests (seen: after the batch-64 calibration, K = 1 chosen at batch 4 and 1.25x there). Prints tokens/s for both, the ratio, the mean acceptance length, the K the
-controller settled on and the calibration calls it took; ``--json PATH`` writes the same numbers.
+requests (seen: after the batch-64 calibration, K = 1 chosen at batch 4 and 1.25x there). Prints tokens/s for both,
+the ratio, the mean acceptance length, the K the controller settled on and the calibration calls it took;
+``--json PATH`` writes the same numbers.
 """
 from __future__ import annotations
 
@@ -167,8 +168,8 @@ def main() -> None:
         rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
-    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3} {'calib':>5}  "
-          "acceptance per draft position")
+    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3} "
+          f"{'calib':>5}  acceptance per draft position")
     for r in rows_out:
         pos = " ".join(f"{x:.2f}" for x in r["accept_per_position"])
         print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "

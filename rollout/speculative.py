@@ -186,7 +186,8 @@ class SpecController:
         dozen steps has few samples: scored by its own median a rarely measured K won by luck (identical engines
         settled on K = 2, 3 and 4 at batch 4, one run 1.37x and another 1.81x). The line lets every K's samples
         inform every other K's estimate."""
-        med = {k: (sorted(xs)[len(xs) // 2], len(xs)) for (bb, k), xs in self.samples.items() if bb == b and len(xs) >= 2}
+        med = {k: (sorted(xs)[len(xs) // 2], len(xs)) for (bb, k), xs in self.samples.items()
+               if bb == b and len(xs) >= 2}
         out = {0: med[0][0]} if 0 in med else {}
         pts = [(k, m, n) for k, (m, n) in med.items() if k > 0]
         if len(pts) == 1:
