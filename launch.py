@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     try:  # everything cheap is checked before a model is built or loaded
         if cfg.run.output_dir:
-            preflight(cfg.run.output_dir, cfg.run.min_free_mb)
+            preflight(cfg.run.output_dir, cfg.run.min_free_mb, cfg.run.resume)
         else:
             preflight("runs", cfg.run.min_free_mb)
     except OSError as e:
@@ -154,7 +154,8 @@ def _report(summary: dict, run_dir) -> str:
         ups = ", ".join(f"batch <= {k}: {v:.2f}x" for k, v in sorted(d.get("speedup_by_batch", {}).items(),
                                                                        key=lambda kv: int(kv[0])))
         lines.append(f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
-                     f"rollout speed with vs without speculation, measured by the controller: {ups or 'not measured'}")
+                     f"decode goodput with vs without speculation as the controller estimates it: {ups or 'not measured'} "
+                     "(benchmarks/rollout_speedup.py measures it)")
     lines.append(f"run folder: {run_dir}")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def run(recipe: str, out: Path, extra: list[str], reuse: bool) -> dict:
     if not (reuse and (out / "summary.json").exists()):
         cmd = [sys.executable, "launch.py", f"recipe={recipe}", f"run.output_dir={out}", "logging.wandb=false",
                "logging.progress=false", "trainer.eval_every=0", *extra]
+        shutil.rmtree(out, ignore_errors=True)  # this benchmark's own folder: a fresh run
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(f"{recipe} failed:\n{p.stderr[-3000:]}")

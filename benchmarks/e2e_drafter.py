@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ def _run(recipe: str, steps: int, out: Path, drafter: bool, extra: list[str]) ->
     cmd = [sys.executable, "launch.py", f"recipe={recipe}", f"trainer.max_steps={steps}", f"run.output_dir={out}",
            f"drafter.enabled={str(drafter).lower()}", "logging.wandb=false", "logging.progress=false",
            "trainer.eval_every=0", *extra]
+    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own arm folder: a fresh run each time
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")

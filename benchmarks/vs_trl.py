@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def run_laconic(a: argparse.Namespace, out: Path) -> dict:
     argv = [sys.executable, "launch.py", f"recipe={RECIPE}", *_shape_overrides(a), "trainer.eval_every=0",
             "logging.wandb=false", "logging.progress=false", f"run.output_dir={run_dir}", "eval.samples=1",
             f"eval.max_tokens={a.eval_tokens}", *a.laconic_set]
+    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: a fresh run each time
     t0 = time.perf_counter()
     _run(argv, out / "laconic.log")
     wall = time.perf_counter() - t0

@@ -17,9 +17,15 @@ class DrafterConfig:
     batch_rows: int = 32  # sequences per drafter optimizer step
     replay_steps: int = 2  # RL steps of rollouts kept in the replay window
     max_rows_per_step: int = 256  # rollout rows of one RL step added to the replay window (a random subset)
-    budget_s: float = 2.0  # one rank: wall-clock budget of drafter training per RL step
+    budget_s: float = 2.0  # one rank: wall-clock budget of drafter training per RL step (not with background)
+    # one rank: train in a separate nice-19 process while the step runs (on the core the rollout leaves idle) instead
+    # of for budget_s after the update; up to max_steps_per_update steps per RL step (drafters/background.py)
+    background: bool = False
     max_steps_per_update: int = 50  # cap on optimizer steps per RL step (idle windows included)
     warmup_steps: int = 300  # optimizer steps of the warm start on the base model's rollouts before RL step 1
+    # optimizer steps after the last RL step on the replay window (the last steps' rollouts, no new ones), before the
+    # final evaluation, checkpoint and export: the exported drafter is fitted to the final policy (0 = none)
+    final_steps: int = 100
     warmup_prompts: int = 64  # prompts rolled out (rollout.n each) for the warm start
     # completion cap of the warm-start rollouts (0 = rollout.max_tokens). Online training only sees the RL rollouts,
     # which a length recipe truncates (tiny_dler: 96 tokens), and the drafter drafts badly past what it saw (tiny_dler's

@@ -87,7 +87,7 @@ def load(recipe: str | None, overrides: list[str]) -> tuple[Config, str]:
     """-> (typed Config, resolved YAML text). ``recipe`` None means the embedded default."""
     from omegaconf import OmegaConf
 
-    name = recipe or "tiny_grpo"
+    name = recipe or "tiny_dler"  # the flagship: DLER length reward + the online drafter
     cfg = OmegaConf.structured(Config)
     for path, node in _load_yaml(name):
         if OmegaConf.select(node, "reward.terms") is not None:

@@ -169,7 +169,7 @@ class LoggingConfig:
 
 @dataclass
 class Config:
-    recipe: str = "tiny_grpo"  # recipe the run was started from (informational)
+    recipe: str = "tiny_dler"  # recipe the run was started from (informational)
     job: str = "rl"  # rl = RL training | sft = build the embedded base model
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -329,6 +329,8 @@ def _validate_trainer_depth(cfg: Config) -> None:
                      "max_steps_per_update", "train_depth", "train_chains"):
             if getattr(dr, name) < 1:
                 raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
+        if dr.final_steps < 0:
+            raise ValueError(f"drafter.final_steps={dr.final_steps} must be >= 0 (0 = no final fit)")
         if dr.warmup_max_tokens < 0:
             raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be >= 0 (0 = rollout.max_tokens)")
         if dr.warmup_max_tokens >= cfg.rollout.max_model_len:

@@ -5,7 +5,9 @@
 - **When**: with several ranks, in the idle window of the rollout: a rank whose share of the rollout is done posts
   an asynchronous all-reduce and trains the drafter until every rank has joined it (the last rank to finish joins at
   once and does not train), then the ranks' drafters are averaged weighted by the steps each took. With one rank
-  there is no idle window: the drafter trains for a bounded budget (``drafter.budget_s``) after the update.
+  there is no idle window: the drafter trains for a bounded budget (``drafter.budget_s``) after the update, or,
+  with ``drafter.background=true``, in a low-priority process of its own on the core the rollout leaves idle
+  (:mod:`drafters.background`), with nothing added to the step but the export and swap.
 - **Warm start**: before RL step 1 the drafter trains on base-model rollouts of a few training prompts (outside the
   prompt stream, so the RL data order is the same with and without a drafter).
 - **Sync**: after the policy sync, the new drafter is exported and hot-swapped into the engine; the EAGLE head
@@ -37,7 +39,15 @@ class DrafterPhase:
         self.cfg, self.policy, self.folder, self.world_size = cfg, policy, folder, world_size
         embed, head = self.policy_tensors()
         config = json.loads((Path(policy_path) / "config.json").read_text())
-        self.drafter = OnlineDrafter(cfg, config, embed, head, temperature, seed)
+        if cfg.background:
+            if world_size > 1:
+                raise ValueError(f"drafter.background=true trains the drafter beside one rank; with {world_size} "
+                                 "ranks it trains in the rollout's idle windows (set drafter.background=false)")
+            from drafters.background import BackgroundDrafter
+
+            self.drafter = BackgroundDrafter(cfg, config, embed, head, temperature, seed)
+        else:
+            self.drafter = OnlineDrafter(cfg, config, embed, head, temperature, seed)
         self.export = self.drafter.export(self.folder / "v0")  # untrained: the engine is built with it
         self.step_stats: dict = {}
         self._idle = DrafterStats(0.0, 0.0, 0.0)
@@ -80,6 +90,8 @@ class DrafterPhase:
         """Open this RL step's slot in the replay window; idle-window training only sees earlier steps."""
         self.drafter.new_step()
         self._idle = DrafterStats(0.0, 0.0, 0.0)
+        if self.cfg.background:
+            self.drafter.run(True)  # from the first step on (after the warm start, or after a resume)
 
     def idle_train(self) -> None:
         """Called right after each of this rank's rollouts. Several ranks: post an asynchronous all-reduce that
@@ -99,16 +111,44 @@ class DrafterPhase:
         self.drafter.add(feats.to_drafter_batch())
 
     def after_update(self, engine) -> dict:
-        """One rank: the bounded training budget; several ranks: combine the idle-window updates. Then swap."""
+        """One rank: the bounded training budget (background: collect what the worker trained meanwhile); several
+        ranks: combine the idle-window updates. Then swap."""
         t0 = time.perf_counter()
         stats = self._idle
+        if self.cfg.background:  # it trained while the step ran; from now on with the updated policy's tensors
+            self.drafter.set_policy_tensors(*self.policy_tensors())
+            self.export, stats = self.drafter.sync(self.folder / "current")
+            engine.load_drafter(self.export)
+            return self._after(stats, t0)
         if self.world_size == 1:
             self.drafter.set_policy_tensors(*self.policy_tensors())
             stats = self.drafter.train(budget_s=self.cfg.budget_s, max_steps=self.cfg.max_steps_per_update)
         else:
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        overhead = time.perf_counter() - t0  # one rank: training + export + swap; several: averaging + swap
+        return self._after(stats, t0)
+
+    def finish(self, engine) -> dict:
+        """After the last RL step: ``drafter.final_steps`` optimizer steps on the replay window (the last steps'
+        rollouts of the policy as it ends; in the foreground, also with ``background``), then swap, so the final
+        evaluation, the last checkpoint and the export have a drafter fitted to the final policy. Several ranks: each
+        fits on its own rows, then the drafters are averaged."""
+        t0 = time.perf_counter()
+        late = 0
+        if self.cfg.background:  # stop it, and count what it trained since the last step's swap
+            self.drafter.run(False)
+            late = self.drafter.collect().steps
+        self.drafter.set_policy_tensors(*self.policy_tensors())
+        stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.final_steps)
+        if self.world_size > 1:
+            self.drafter.average_with(distributed.all_sum, float(stats.steps))
+        self._swap(engine)
+        return {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
+                "drafter/final_top1": stats.top1_agreement, "drafter/final_s": time.perf_counter() - t0}
+
+    def _after(self, stats: DrafterStats, t0: float) -> dict:
+        overhead = time.perf_counter() - t0  # one rank: training (background: the wait for its step in progress) +
+        # export + swap; several: averaging + swap
         return {"drafter/train_s": stats.train_s, "drafter/overhead_s": overhead, "drafter/loss": stats.loss,
                 "drafter/top1": stats.top1_agreement, "drafter/steps": stats.steps, "drafter/version":
                 self.drafter.version}
@@ -124,6 +164,11 @@ class DrafterPhase:
     def load_state_dict(self, state: dict, engine) -> None:
         self.drafter.load_state_dict(state)
         self._swap(engine)
+
+    def close(self) -> None:
+        """Stop the background drafter's process (nothing to do for the others)."""
+        if self.cfg.background:
+            self.drafter.close()
 
 
 @torch.no_grad()

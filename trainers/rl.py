@@ -103,6 +103,7 @@ class Trainer:
         self.evals: list[dict] = []
         self.sync_stats: dict = {}
         self.warmup_stats: dict = {}
+        self.final_drafter_stats: dict = {}
         self.maybe_resume()
 
     @property
@@ -236,6 +237,13 @@ class Trainer:
         return rec
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            if self.drafting is not None:
+                self.drafting.close()
+
+    def _fit(self) -> dict:
         t, start = self.cfg.trainer, time.perf_counter()
         self._fit_start = start
         if not self.evals:  # a resumed run already has its "before" evaluation (and its drafter)
@@ -268,6 +276,10 @@ class Trainer:
                 self.save()
         if bar is not None:
             bar.close()
+        if self.drafting is not None and self.cfg.drafter.final_steps:
+            self.final_drafter_stats = self.drafting.finish(self.rollout)
+            if self.d.is_main:
+                self.tracker.log(self.final_drafter_stats, self.step)
         self.evaluate(self.step)
         self.save()
         return self.finish(self.wall_prior + time.perf_counter() - start)
@@ -349,7 +361,8 @@ class Trainer:
             summary["drafter"] = {"method": self.cfg.drafter.method, "version": self.drafting.drafter.version,
                                   "lossless": self.rollout.lossless,
                                   "mean_accept_len": self.rollout.spec_total().mean_accept_len,
-                                  "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats
+                                  "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats \
+                | self.final_drafter_stats
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)

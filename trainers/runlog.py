@@ -29,12 +29,20 @@ def _clean(v):
     return v
 
 
-def preflight(path: str | Path, min_free_mb: int) -> Path:
+def preflight(path: str | Path, min_free_mb: int, resume: str = "auto") -> Path:
     """Create the run folder and check it takes writes and its disk has ``min_free_mb`` free; -> the folder.
-    Raises OSError naming ``run.output_dir`` (cheap: meant to run before any model is built or loaded)."""
+    With ``resume="none"`` the folder must not already hold a run (its metrics and checkpoints would be mixed with
+    and overwritten by the new run's). Raises OSError naming ``run.output_dir`` (cheap: meant to run before any
+    model is built or loaded)."""
     import shutil
 
     path = Path(path)
+    if resume == "none":
+        held = [p.name for p in (path / "metrics.jsonl", path / "eval.jsonl") if p.is_file()]
+        held += [f"checkpoints/{c.name}" for c in sorted((path / "checkpoints").glob("step_*"))][-1:]
+        if held:
+            raise OSError(f"run.output_dir={str(path)!r} already holds a run ({', '.join(held)}): continue it with "
+                          "run.resume=auto, or choose a new run.output_dir (nothing there was touched)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

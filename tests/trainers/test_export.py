@@ -187,7 +187,7 @@ RUN = ["recipe=tiny_grpo", "trainer.prompts_per_step=2", "rollout.n=2", "trainer
        "data.n_eval=8", "eval.samples=1", "rollout.max_tokens=128",
        "rollout.kv_cache_memory_bytes=134217728", "trainer.max_steps=2", "trainer.save_every=1",
        "trainer.eval_every=1", "drafter.enabled=true", "drafter.num_speculative_tokens=1", "drafter.warmup_prompts=1",
-       "drafter.warmup_steps=10", "logging.wandb=true", "logging.wandb_mode=offline", "logging.progress=false"]
+       "drafter.warmup_steps=10", "drafter.final_steps=3", "logging.wandb=true", "logging.wandb_mode=offline", "logging.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,10 @@ def test_end_of_run_plot_card_checkpoints_and_wandb(run):
     _row(card, "mean tokens", b["eval/len_mean"], a["eval/len_mean"], "{:.1f}")
     _row(card, "p90 tokens", b["eval/len_p90"], a["eval/len_p90"], "{:.1f}")
     assert "after (step 2)" in card and f'path = "{(run / "export").resolve()}"' in card
+    # the final fit: drafter.final_steps steps on the last rollouts, after the last step's swap and before the export
+    drafter = summary["drafter"]
+    assert drafter["drafter/final_steps"] == 3 and drafter["version"] > _jsonl(run / "metrics.jsonl")[-1][
+        "drafter/version"]
     for step in (1, 2):
         hf = run / "checkpoints" / f"step_{step}" / "hf"
         assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {

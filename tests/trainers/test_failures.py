@@ -38,6 +38,16 @@ def test_output_dir_that_cannot_be_created(tmp_path, launch):
     assert blocker.read_text() == "keep me"
 
 
+def test_fresh_run_into_a_folder_holding_a_run_is_refused(tmp_path, launch):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_3").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = _digest(run)
+    p = launch(*TINY, f"run.output_dir={run}", check=False, timeout=60)
+    assert p.returncode != 0 and "already holds a run (metrics.jsonl, checkpoints/step_3)" in p.stderr
+    assert "run.resume=auto" in p.stderr and _digest(run) == before
+
+
 def test_disk_without_room_fails_before_the_model_loads(tmp_path, launch):
     p = launch(*TINY, f"run.output_dir={tmp_path / 'run'}", "run.min_free_mb=1000000000", check=False, timeout=60)
     assert p.returncode != 0 and "MiB free on its disk, run.min_free_mb=1000000000 needed" in p.stderr
