@@ -154,8 +154,8 @@ def _report(summary: dict, run_dir) -> str:
         ups = ", ".join(f"batch <= {k}: {v:.2f}x" for k, v in sorted(d.get("speedup_by_batch", {}).items(),
                                                                        key=lambda kv: int(kv[0])))
         lines.append(f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
-                     f"decode goodput with vs without speculation as the controller estimates it: {ups or 'not measured'} "
-                     "(benchmarks/rollout_speedup.py measures it)")
+                     "decode goodput with vs without speculation as the controller estimates it: "
+                     f"{ups or 'not measured'} (benchmarks/rollout_speedup.py measures it)")
     lines.append(f"run folder: {run_dir}")
     return "\n".join(lines)
 

@@ -27,7 +27,8 @@ def test_background_drafter_trains_checkpoints_resumes_and_exits(launch, tmp_pat
 
     out = tmp_path / "run"
     t0 = time.time()
-    launch(*RUN, "trainer.max_steps=2", f"run.output_dir={out}")
+    p = launch(*RUN, "trainer.max_steps=2", f"run.output_dir={out}")
+    assert "held-out accuracy" in p.stdout and "drafter (eagle): mean acceptance" in p.stdout  # the end-of-run report
     first = _metrics(out)
     assert [m["step"] for m in first] == [1, 2]
     # the checkpoint holds the worker's state: warm start + every step's background steps + the final fit

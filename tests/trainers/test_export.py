@@ -187,7 +187,8 @@ RUN = ["recipe=tiny_grpo", "trainer.prompts_per_step=2", "rollout.n=2", "trainer
        "data.n_eval=8", "eval.samples=1", "rollout.max_tokens=128",
        "rollout.kv_cache_memory_bytes=134217728", "trainer.max_steps=2", "trainer.save_every=1",
        "trainer.eval_every=1", "drafter.enabled=true", "drafter.num_speculative_tokens=1", "drafter.warmup_prompts=1",
-       "drafter.warmup_steps=10", "drafter.final_steps=3", "logging.wandb=true", "logging.wandb_mode=offline", "logging.progress=false"]
+       "drafter.warmup_steps=10", "drafter.final_steps=3", "logging.wandb=true", "logging.wandb_mode=offline",
+       "logging.progress=false"]
 
 
 @pytest.fixture(scope="module")
