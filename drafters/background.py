@@ -76,6 +76,8 @@ def _worker(conn, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, 
                 drafter.new_step()
             elif cmd == "add":
                 drafter.add(args[0])
+            elif cmd == "widen":
+                drafter.widen(args[0])
             elif cmd == "policy":
                 drafter.set_policy_tensors(*args)
             elif cmd == "run":
@@ -158,6 +160,9 @@ class BackgroundDrafter:
     def add(self, batch: DrafterBatch) -> None:
         self._send("add", DrafterBatch(*(t.detach().cpu().clone() for t in (batch.token_ids, batch.hidden_states,
                                                                            batch.valid, batch.target))))
+
+    def widen(self, slots: int) -> None:
+        self._send("widen", slots)
 
     def set_policy_tensors(self, embed: torch.Tensor, lm_head: torch.Tensor) -> None:
         self._send("policy", embed.detach().cpu().clone(), lm_head.detach().cpu().clone())

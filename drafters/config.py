@@ -26,6 +26,9 @@ class DrafterConfig:
     # optimizer steps after the last RL step on the replay window (the last steps' rollouts, no new ones), before the
     # final evaluation, checkpoint and export: the exported drafter is fitted to the final policy (0 = none)
     final_steps: int = 100
+    # training prompts rolled out (rollout.n each, outside the RL prompt stream, after the warm start's) with the final
+    # policy for the final fit, added to the replay window, which grows to hold them (0 = the replay window only)
+    final_prompts: int = 0
     warmup_prompts: int = 64  # prompts rolled out (rollout.n each) for the warm start
     # completion cap of the warm-start rollouts (0 = rollout.max_tokens). Online training only sees the RL rollouts,
     # which a length recipe truncates (tiny_dler: 96 tokens), and the drafter drafts badly past what it saw (tiny_dler's

@@ -54,6 +54,11 @@ class OnlineDrafter:
         """Open the replay slot of a new RL step (the oldest step falls out of the window)."""
         self.window.append([])
 
+    def widen(self, slots: int) -> None:
+        """Let the replay window hold ``slots`` RL steps (never fewer than it holds now)."""
+        if slots > (self.window.maxlen or 0):
+            self.window = deque(self.window, maxlen=slots)
+
     def add(self, batch: DrafterBatch) -> None:
         """Keep up to ``max_rows_per_step`` rows of this step (a random subset), each trimmed to its length."""
         if not self.window:

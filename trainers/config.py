@@ -331,6 +331,8 @@ def _validate_trainer_depth(cfg: Config) -> None:
                 raise ValueError(f"drafter.{name}={getattr(dr, name)} must be >= 1")
         if dr.final_steps < 0:
             raise ValueError(f"drafter.final_steps={dr.final_steps} must be >= 0 (0 = no final fit)")
+        if dr.final_prompts < 0:
+            raise ValueError(f"drafter.final_prompts={dr.final_prompts} must be >= 0 (0 = the replay window only)")
         if dr.warmup_max_tokens < 0:
             raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be >= 0 (0 = rollout.max_tokens)")
         if dr.warmup_max_tokens >= cfg.rollout.max_model_len:

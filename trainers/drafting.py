@@ -128,23 +128,45 @@ class DrafterPhase:
         self._swap(engine)
         return self._after(stats, t0)
 
-    def finish(self, engine) -> dict:
+    def finish(self, engine, prompts: list[Prompt] | None = None, n: int = 1, max_tokens: int = 0,
+               temperature: float = 1.0, features_of=None, seed: int = 0) -> dict:
         """After the last RL step: ``drafter.final_steps`` optimizer steps on the replay window (the last steps'
-        rollouts of the policy as it ends; in the foreground, also with ``background``), then swap, so the final
-        evaluation, the last checkpoint and the export have a drafter fitted to the final policy. Several ranks: each
-        fits on its own rows, then the drafters are averaged."""
+        rollouts of the policy as it ends; in the foreground, also with ``background``), plus, given ``prompts``
+        (``drafter.final_prompts``), fresh rollouts of them by the final policy (the window grows to hold them), then
+        swap, so the final evaluation, the last checkpoint and the export have a drafter fitted to the final policy.
+        Several ranks: each fits on its own rows, then the drafters are averaged."""
         t0 = time.perf_counter()
         late = 0
         if self.cfg.background:  # stop it, and count what it trained since the last step's swap
             self.drafter.run(False)
             late = self.drafter.collect().steps
+        rows, t1, t2 = 0, t0, t0
+        if prompts:
+            batch = engine.generate(prompts, SamplingSpec(n=n, max_tokens=max_tokens, temperature=temperature,
+                                                          seed=seed * 7_717 + 29))
+            t1 = time.perf_counter()
+            per_slot = self.cfg.max_rows_per_step
+            self.drafter.widen(self.cfg.replay_steps + -(-len(prompts) * n // per_slot))
+            self.drafter.new_step()
+            in_slot = 0
+            for feats in features_of(batch):
+                b = feats.to_drafter_batch()
+                if in_slot >= per_slot:
+                    self.drafter.new_step()
+                    in_slot = 0
+                self.drafter.add(b)
+                in_slot += b.token_ids.shape[0]
+                rows += b.token_ids.shape[0]
+            t2 = time.perf_counter()
         self.drafter.set_policy_tensors(*self.policy_tensors())
         stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.final_steps)
         if self.world_size > 1:
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
         return {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
-                "drafter/final_top1": stats.top1_agreement, "drafter/final_s": time.perf_counter() - t0}
+                "drafter/final_top1": stats.top1_agreement, "drafter/final_rows": rows,
+                "drafter/final_rollout_s": t1 - t0, "drafter/final_features_s": t2 - t1,
+                "drafter/final_s": time.perf_counter() - t0}
 
     def _after(self, stats: DrafterStats, t0: float) -> dict:
         overhead = time.perf_counter() - t0  # one rank: training (background: the wait for its step in progress) +

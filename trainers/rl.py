@@ -277,12 +277,26 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.drafting is not None and self.cfg.drafter.final_steps:
-            self.final_drafter_stats = self.drafting.finish(self.rollout)
+            self.final_drafter_stats = self.final_fit_drafter()
             if self.d.is_main:
                 self.tracker.log(self.final_drafter_stats, self.step)
         self.evaluate(self.step)
         self.save()
         return self.finish(self.wall_prior + time.perf_counter() - start)
+
+    def final_fit_drafter(self) -> dict:
+        """After the last RL step (see ``DrafterPhase.finish``): with ``drafter.final_prompts``, the final policy rolls
+        out that many training prompts (each rank its strided share, the ones after the warm start's; the RL prompt
+        stream is not touched), ``rollout.n`` each at the RL cap, for the drafter's final fit."""
+        c, r = self.cfg.drafter, self.cfg.rollout
+        if not c.final_prompts:
+            return self.drafting.finish(self.rollout)
+        share = self.task.train[self.d.rank::self.d.world_size]
+        first = max(1, c.warmup_prompts // self.d.world_size)
+        rows = (share[first:] + share[:first])[: max(1, c.final_prompts // self.d.world_size)]
+        prompts = to_prompts(rows, self.tokenizer, self.cfg.data)
+        return self.drafting.finish(self.rollout, prompts, r.n, r.max_tokens, r.temperature, self._features_of,
+                                    self.cfg.run.seed)
 
     def warm_start_drafter(self) -> None:
         """Before RL step 1: the drafter learns from base-model rollouts of a few training prompts (each rank its own

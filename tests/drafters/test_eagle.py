@@ -160,6 +160,22 @@ def test_training_on_a_fixed_batch_lowers_loss_and_raises_top1(method):
     assert after.top1_agreement > before.top1_agreement + 0.2 and after.top1_agreement > 0.8
 
 
+def test_replay_window_keeps_its_last_steps_and_widens_for_the_final_fit():
+    batch, emb, head = _fixed_batch()
+    rows = batch.token_ids.shape[0]
+    d = OnlineDrafter(DrafterConfig(replay_steps=2, max_rows_per_step=rows), CFG, emb, head, temperature=1.0)
+    for _ in range(3):
+        d.new_step()
+        d.add(batch)
+    assert d.rows() == 2 * rows  # the oldest step fell out
+    d.widen(4)
+    d.widen(1)  # never narrower than it is
+    for _ in range(3):
+        d.new_step()
+        d.add(batch)
+    assert d.rows() == 4 * rows
+
+
 def test_eagle_checkpoint_round_trips_in_vllm_layout(tmp_path):
     head = EagleHead(llama_sizes(CFG))
     head.save(tmp_path / "d", CFG)

@@ -132,3 +132,10 @@ def test_drafter_warmup_cap_is_checked_before_any_rollout(value, msg):
         validate(cfg)
     cfg, _ = load("tiny_dler", ["drafter.warmup_max_tokens=400"])
     validate(cfg)
+
+
+@pytest.mark.parametrize("key", ["final_steps", "final_prompts"])
+def test_drafter_final_fit_sizes_are_checked(key):
+    cfg, _ = load("tiny_dler", [f"drafter.{key}=-1"])
+    with pytest.raises(ValueError, match=rf"drafter\.{key}=-1 must be >= 0"):
+        validate(cfg)

@@ -187,8 +187,8 @@ RUN = ["recipe=tiny_grpo", "trainer.prompts_per_step=2", "rollout.n=2", "trainer
        "data.n_eval=8", "eval.samples=1", "rollout.max_tokens=128",
        "rollout.kv_cache_memory_bytes=134217728", "trainer.max_steps=2", "trainer.save_every=1",
        "trainer.eval_every=1", "drafter.enabled=true", "drafter.num_speculative_tokens=1", "drafter.warmup_prompts=1",
-       "drafter.warmup_steps=10", "drafter.final_steps=3", "logging.wandb=true", "logging.wandb_mode=offline",
-       "logging.progress=false"]
+       "drafter.warmup_steps=10", "drafter.final_steps=3", "drafter.final_prompts=2", "logging.wandb=true",
+       "logging.wandb_mode=offline", "logging.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +223,7 @@ def test_end_of_run_plot_card_checkpoints_and_wandb(run):
     drafter = summary["drafter"]
     assert drafter["drafter/final_steps"] == 3 and drafter["version"] > _jsonl(run / "metrics.jsonl")[-1][
         "drafter/version"]
+    assert drafter["drafter/final_rows"] == 2 * 2  # drafter.final_prompts fresh prompts, rollout.n each
     for step in (1, 2):
         hf = run / "checkpoints" / f"step_{step}" / "hf"
         assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
