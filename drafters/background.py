@@ -39,26 +39,16 @@ def _worker(conn, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, 
     threads = torch.get_num_threads()  # the foreground (warm start) uses them all; the background one
     drafter = OnlineDrafter(cfg, policy_config, embed, lm_head, temperature, seed)
     running, failed = False, None
-    acc = {"steps": 0, "tokens": 0, "agree": 0.0, "loss": 0.0, "train_s": 0.0}
+    none = DrafterStats(0.0, 0.0, 0.0)
+    done = none  # trained in the background since the last collect
 
-    def collect() -> DrafterStats:
-        st = DrafterStats(loss=acc["loss"] / max(acc["steps"], 1), top1_agreement=acc["agree"] / max(acc["tokens"], 1),
-                          train_s=acc["train_s"], steps=acc["steps"], tokens=acc["tokens"])
-        acc.update(steps=0, tokens=0, agree=0.0, loss=0.0, train_s=0.0)
-        return st
-
-    waited = {"train", "export", "sync", "state", "load", "collect", "version", "rows", "close", "ping"}
+    waited = {"train", "export", "sync", "state", "load", "collect", "rows", "close", "ping"}
     while True:
-        busy = running and failed is None and drafter.rows() and acc["steps"] < cfg.max_steps_per_update
+        busy = running and failed is None and drafter.rows() and done.steps < cfg.max_steps_per_update
         if busy and not conn.poll(0):
             try:
                 torch.set_num_threads(1)
-                st = drafter.train(budget_s=float("inf"), max_steps=1)
-                acc["steps"] += st.steps
-                acc["tokens"] += st.tokens
-                acc["agree"] += st.top1_agreement * st.tokens
-                acc["loss"] += st.loss * st.steps
-                acc["train_s"] += st.train_s
+                done = done.plus(drafter.train(budget_s=float("inf"), max_steps=1))
             except Exception:  # noqa: BLE001 -- reported to the trainer at its next waited-on call
                 failed = traceback.format_exc()
             continue
@@ -84,19 +74,19 @@ def _worker(conn, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, 
                 running = bool(args[0])
             elif cmd == "train":
                 torch.set_num_threads(threads)
-                conn.send(("ok", drafter.train(budget_s=args[0], max_steps=args[1])))
+                conn.send(("ok", (drafter.train(budget_s=args[0], max_steps=args[1]), drafter.version)))
             elif cmd == "collect":
-                conn.send(("ok", collect()))
+                conn.send(("ok", done))
+                done = none
             elif cmd == "export":
                 conn.send(("ok", drafter.export(args[0])))
             elif cmd == "sync":  # one wait for the trainer (at most the rest of the step in progress)
-                conn.send(("ok", (drafter.export(args[0]), collect())))
+                conn.send(("ok", (drafter.export(args[0]), done)))
+                done = none
             elif cmd == "state":
                 conn.send(("ok", drafter.state_dict()))
             elif cmd == "load":
                 drafter.load_state_dict(args[0])
-                conn.send(("ok", None))
-            elif cmd == "version":
                 conn.send(("ok", drafter.version))
             elif cmd == "rows":
                 conn.send(("ok", drafter.rows()))
@@ -174,8 +164,7 @@ class BackgroundDrafter:
         """In the foreground: the worker trains with all its threads while the caller waits (warm start)."""
         if should_stop is not None:
             raise ValueError("a background drafter trains in the foreground only to a budget (no should_stop)")
-        stats = self._call("train", budget_s, max_steps)
-        self.version = self._call("version")
+        stats, self.version = self._call("train", budget_s, max_steps)
         return stats
 
     def export(self, folder: str | Path) -> DrafterExport:
@@ -187,8 +176,7 @@ class BackgroundDrafter:
         return self._call("state")
 
     def load_state_dict(self, state: dict) -> None:
-        self._call("load", state)
-        self.version = self._call("version")
+        self.version = self._call("load", state)
 
     def average_with(self, *_args, **_kwargs) -> None:
         raise ValueError("drafter.background=true trains with one rank only (several ranks use the rollout's idle "

@@ -38,6 +38,13 @@ class DrafterStats:
     steps: int = 0  # optimizer steps taken
     tokens: int = 0  # target positions seen
 
+    def plus(self, other: DrafterStats) -> DrafterStats:
+        """Both updates as one: loss and top-1 weighted by steps, the rest summed."""
+        steps = self.steps + other.steps
+        w = (lambda x, y: (x * self.steps + y * other.steps) / steps) if steps else (lambda x, y: 0.0)
+        return DrafterStats(w(self.loss, other.loss), w(self.top1_agreement, other.top1_agreement),
+                            self.train_s + other.train_s, steps, self.tokens + other.tokens)
+
 
 @dataclass(frozen=True)
 class DrafterExport:

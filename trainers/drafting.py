@@ -67,14 +67,10 @@ class DrafterPhase:
         """Base-model rollouts of ``prompts`` -> trainer features -> ``warmup_steps`` drafter steps -> hot swap."""
         t0 = time.perf_counter()
         engine.controller.forced_off = True  # the untrained drafter would only cost time
-        batch = engine.generate(prompts, SamplingSpec(n=n, max_tokens=max_tokens, temperature=temperature,
-                                                      seed=seed * 7_717 + 11))
+        _, t1, t2 = self._roll_into_window(engine, prompts, SamplingSpec(n=n, max_tokens=max_tokens,
+                                                                         temperature=temperature,
+                                                                         seed=seed * 7_717 + 11), features_of)
         engine.controller.forced_off = engine.lossless == "broken" and temperature > 0
-        t1 = time.perf_counter()
-        self.drafter.new_step()
-        for feats in features_of(batch):
-            self.drafter.add(feats.to_drafter_batch())
-        t2 = time.perf_counter()
         stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.warmup_steps)
         if self.world_size > 1:  # each rank warmed up on its own prompts
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
@@ -104,7 +100,7 @@ class DrafterPhase:
             self.drafter.set_policy_tensors(*self.policy_tensors())
             left = self.cfg.max_steps_per_update - self._idle.steps
             st = self.drafter.train(budget_s=float("inf"), max_steps=left, should_stop=work.is_completed)
-            self._idle = _add(self._idle, st)
+            self._idle = self._idle.plus(st)
         work.wait()
 
     def add_features(self, feats) -> None:
@@ -140,24 +136,14 @@ class DrafterPhase:
         if self.cfg.background:  # stop it, and count what it trained since the last step's swap
             self.drafter.run(False)
             late = self.drafter.collect().steps
-        rows, t1, t2 = 0, t0, t0
+        rows, rollout_s, features_s = 0, 0.0, 0.0
         if prompts:
-            batch = engine.generate(prompts, SamplingSpec(n=n, max_tokens=max_tokens, temperature=temperature,
-                                                          seed=seed * 7_717 + 29))
-            t1 = time.perf_counter()
-            per_slot = self.cfg.max_rows_per_step
-            self.drafter.widen(self.cfg.replay_steps + -(-len(prompts) * n // per_slot))
-            self.drafter.new_step()
-            in_slot = 0
-            for feats in features_of(batch):
-                b = feats.to_drafter_batch()
-                if in_slot >= per_slot:
-                    self.drafter.new_step()
-                    in_slot = 0
-                self.drafter.add(b)
-                in_slot += b.token_ids.shape[0]
-                rows += b.token_ids.shape[0]
-            t2 = time.perf_counter()
+            slots = -(-len(prompts) * n // self.cfg.max_rows_per_step)
+            self.drafter.widen(self.cfg.replay_steps + slots)
+            t = time.perf_counter()
+            rows, t1, t2 = self._roll_into_window(engine, prompts, SamplingSpec(
+                n=n, max_tokens=max_tokens, temperature=temperature, seed=seed * 7_717 + 29), features_of, slots)
+            rollout_s, features_s = t1 - t, t2 - t1
         self.drafter.set_policy_tensors(*self.policy_tensors())
         stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.final_steps)
         if self.world_size > 1:
@@ -165,8 +151,27 @@ class DrafterPhase:
         self._swap(engine)
         return {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
                 "drafter/final_top1": stats.top1_agreement, "drafter/final_rows": rows,
-                "drafter/final_rollout_s": t1 - t0, "drafter/final_features_s": t2 - t1,
+                "drafter/final_rollout_s": rollout_s, "drafter/final_features_s": features_s,
                 "drafter/final_s": time.perf_counter() - t0}
+
+    def _roll_into_window(self, engine, prompts: list[Prompt], spec: SamplingSpec, features_of,
+                          slots: int = 1) -> tuple[int, float, float]:
+        """Roll ``prompts`` out and add the trainer's features over them to the replay window, in ``slots`` new slots
+        of up to ``drafter.max_rows_per_step`` rows (1: all in one, the slot keeping a random subset).
+        -> (rows, time after the rollout, time after the features)."""
+        batch = engine.generate(prompts, spec)
+        t1 = time.perf_counter()
+        self.drafter.new_step()
+        rows = in_slot = 0
+        for feats in features_of(batch):
+            b = feats.to_drafter_batch()
+            if slots > 1 and in_slot >= self.cfg.max_rows_per_step:
+                self.drafter.new_step()
+                in_slot = 0
+            self.drafter.add(b)
+            in_slot += b.token_ids.shape[0]
+            rows += b.token_ids.shape[0]
+        return rows, t1, time.perf_counter()
 
     def _after(self, stats: DrafterStats, t0: float) -> dict:
         overhead = time.perf_counter() - t0  # one rank: training (background: the wait for its step in progress) +
@@ -213,13 +218,6 @@ def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps
     for feats in rollout_features(model, batch, micro_batch, temperature=temperature):
         drafter.add(feats.to_drafter_batch())
     return drafter.train(budget_s=float("inf"), max_steps=steps)
-
-
-def _add(a: DrafterStats, b: DrafterStats) -> DrafterStats:
-    steps = a.steps + b.steps
-    w = (lambda x, y: (x * a.steps + y * b.steps) / steps) if steps else (lambda x, y: 0.0)
-    return DrafterStats(w(a.loss, b.loss), w(a.top1_agreement, b.top1_agreement), a.train_s + b.train_s, steps,
-                        a.tokens + b.tokens)
 
 
 def spec_metrics(stats: list[SpecStats]) -> dict:

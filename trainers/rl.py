@@ -291,20 +291,24 @@ class Trainer:
         c, r = self.cfg.drafter, self.cfg.rollout
         if not c.final_prompts:
             return self.drafting.finish(self.rollout)
-        share = self.task.train[self.d.rank::self.d.world_size]
-        first = max(1, c.warmup_prompts // self.d.world_size)
-        rows = (share[first:] + share[:first])[: max(1, c.final_prompts // self.d.world_size)]
-        prompts = to_prompts(rows, self.tokenizer, self.cfg.data)
+        prompts = self._drafter_prompts(c.final_prompts, after=c.warmup_prompts)
         return self.drafting.finish(self.rollout, prompts, r.n, r.max_tokens, r.temperature, self._features_of,
                                     self.cfg.run.seed)
+
+    def _drafter_prompts(self, count: int, after: int = 0) -> list:
+        """``count`` training prompts for the drafter, outside the RL prompt stream: this rank's strided share of the
+        training set, ``count // ranks`` of it (at least 1), starting after the first ``after`` (wrapping round)."""
+        share = self.task.train[self.d.rank::self.d.world_size]
+        skip = max(1, after // self.d.world_size) if after else 0
+        rows = (share[skip:] + share[:skip])[: max(1, count // self.d.world_size)]
+        return to_prompts(rows, self.tokenizer, self.cfg.data)
 
     def warm_start_drafter(self) -> None:
         """Before RL step 1: the drafter learns from base-model rollouts of a few training prompts (each rank its own
         strided share; they do not touch the RL prompt stream), capped at ``drafter.warmup_max_tokens`` (default: as
         the RL rollouts), ``rollout.n`` each but no more rows than the replay slot keeps."""
         c, r = self.cfg.drafter, self.cfg.rollout
-        rows = self.task.train[self.d.rank::self.d.world_size][: max(1, c.warmup_prompts // self.d.world_size)]
-        prompts = to_prompts(rows, self.tokenizer, self.cfg.data)
+        prompts = self._drafter_prompts(c.warmup_prompts)
         cap = c.warmup_max_tokens or r.max_tokens
         n = min(r.n, -(-c.max_rows_per_step // len(prompts)))  # the replay slot keeps max_rows_per_step rows anyway
         self.warmup_stats = self.drafting.warm_start(self.rollout, prompts, n, cap, r.temperature,

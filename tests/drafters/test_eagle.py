@@ -176,6 +176,16 @@ def test_replay_window_keeps_its_last_steps_and_widens_for_the_final_fit():
     assert d.rows() == 4 * rows
 
 
+def test_stats_of_two_updates_combine_weighted_by_steps():
+    from drafters.types import DrafterStats
+
+    a, b = DrafterStats(1.0, 0.5, 2.0, steps=1, tokens=10), DrafterStats(4.0, 0.8, 3.0, steps=3, tokens=30)
+    c = a.plus(b)
+    assert (c.loss, c.top1_agreement, c.train_s, c.steps, c.tokens) == pytest.approx((3.25, 0.725, 5.0, 4, 40))
+    none = DrafterStats(0.0, 0.0, 0.0)
+    assert none.plus(none) == none and none.plus(a) == a
+
+
 def test_eagle_checkpoint_round_trips_in_vllm_layout(tmp_path):
     head = EagleHead(llama_sizes(CFG))
     head.save(tmp_path / "d", CFG)
