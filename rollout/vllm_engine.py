@@ -124,6 +124,7 @@ class VLLMEngine:
                     n=1, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
                     seed=request_seed(spec.seed, p.uid, j), logprobs=0 if self.cfg.logprobs else None,
                     flat_logprobs=True,  # a few flat lists per request instead of a dict per token (less GC)
+                    detokenize=False,  # texts are decoded once per completion in _to_batch, not token by token
                 ))
                 index.append(i)
         before = self._spec_counters()
@@ -189,7 +190,7 @@ class VLLMEngine:
             lps = None
             if self.cfg.logprobs:
                 lps = sampled_logprobs(st.logprobs_processor.logprobs, ids) if ids else torch.zeros(0)
-            taken[row] = _Completion(ids, lps, "", None, handed=True)
+            taken[row] = _Completion(ids, lps, None, handed=True)
         engine.abort_request([f"{tag}{row}" for row in taken])
         for row, c in taken.items():
             sp = params[row].clone()
@@ -229,8 +230,7 @@ class VLLMEngine:
             mask[b, :n] = True
             if lps is not None and c.logprobs is not None and n:
                 lps[b, :n] = c.logprobs
-        texts = [c.text if not c.handed else self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
-                 for c in comps]
+        texts = self.tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
         prompt_index = torch.tensor(index, dtype=torch.long)
         return RolloutBatch(
             prompts=prompts, prompt_index=prompt_index, group_ids=prompt_index.clone(),
@@ -274,12 +274,11 @@ class VLLMEngine:
 
 @dataclass
 class _Completion:
-    """One finished completion: token ids, the sampler's log-prob of each ([n] float, or None), text, finish reason;
-    ``handed`` when it was continued by a hand-off (its text is then decoded from the ids)."""
+    """One finished completion: token ids, the sampler's log-prob of each ([n] float, or None), finish reason;
+    ``handed`` when it was continued by a hand-off. (No text: the engine does not detokenize; ``_to_batch`` decodes.)"""
 
     token_ids: list[int]
     logprobs: torch.Tensor | None
-    text: str
     finish_reason: str | None
     handed: bool = False
 
@@ -287,14 +286,14 @@ class _Completion:
     def of(cls, c, with_logprobs: bool) -> "_Completion":
         ids = list(c.token_ids)
         lps = sampled_logprobs(c.logprobs, ids) if with_logprobs and c.logprobs is not None and ids else None
-        return cls(ids, lps, c.text, c.finish_reason)
+        return cls(ids, lps, c.finish_reason)
 
     def extend(self, rest: "_Completion") -> "_Completion":
         """This partial completion followed by its continuation."""
         lps = None
         if self.logprobs is not None or rest.logprobs is not None:
             lps = torch.cat([x if x is not None else torch.zeros(0) for x in (self.logprobs, rest.logprobs)])
-        return _Completion(self.token_ids + rest.token_ids, lps, "", rest.finish_reason, handed=True)
+        return _Completion(self.token_ids + rest.token_ids, lps, rest.finish_reason, handed=True)
 
 
 def sampled_logprobs(flat, token_ids) -> torch.Tensor:

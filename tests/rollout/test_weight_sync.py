@@ -83,3 +83,12 @@ def test_sampler_logprobs_match_trainer(setup):
     m = batch.completion_mask
     assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-3
     assert len(set(batch.texts)) > 1  # distinct seeds per sample
+    # the engine does not detokenize token by token; its texts are what vLLM's own detokenizer writes
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from rollout.vllm_engine import request_seed
+
+    params = [SamplingParams(temperature=0.7, max_tokens=48, seed=request_seed(11, "p1", j)) for j in range(4)]
+    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=ids)] * 4, sampling_params=params, use_tqdm=False)
+    assert [o.outputs[0].text for o in outs] == batch.texts
