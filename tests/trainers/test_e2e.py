@@ -6,7 +6,8 @@ import socket
 import pytest
 
 SMALL = ["recipe=tiny_grpo", "trainer.prompts_per_step=4", "rollout.n=4", "trainer.micro_batch_size=8",
-         "data.n_eval=32", "eval.samples=1", "rollout.max_tokens=256", "rollout.kv_cache_memory_bytes=134217728"]
+         "data.n_eval=32", "eval.samples=1", "eval.max_tokens=128", "rollout.max_tokens=256",
+         "rollout.kv_cache_memory_bytes=134217728"]
 METRIC_KEYS = {"step", "time/step_s", "time/rollout_s", "time/update_s", "time/sync_s", "reward/mean", "acc/mean",
                "len/mean", "len/p90", "len/max", "len/truncated_frac", "rollout/tokens_per_s", "train/loss",
                "train/entropy", "train/grad_norm"}

@@ -184,7 +184,7 @@ def test_push_to_unreachable_hub_fails_first_and_never_shows_the_token(tmp_path,
 
 # ------------------------------------------------------------------ one tiny run, exported and evaluated
 RUN = ["recipe=tiny_grpo", "trainer.prompts_per_step=2", "rollout.n=2", "trainer.micro_batch_size=4",
-       "data.n_eval=8", "eval.samples=1", "rollout.max_tokens=128",
+       "data.n_eval=8", "eval.samples=1", "eval.max_tokens=128", "rollout.max_tokens=128",
        "rollout.kv_cache_memory_bytes=134217728", "trainer.max_steps=2", "trainer.save_every=1",
        "trainer.eval_every=1", "drafter.enabled=true", "drafter.num_speculative_tokens=1", "drafter.warmup_prompts=1",
        "drafter.warmup_steps=10", "drafter.final_steps=3", "drafter.final_prompts=2", "logging.wandb=true",

@@ -17,7 +17,8 @@ from tests.conftest import ROOT, shell_env
 
 TINY = ["recipe=tiny_grpo", "trainer.prompts_per_step=4", "rollout.n=4", "trainer.micro_batch_size=8",
         "data.n_eval=16", "rollout.max_tokens=256", "rollout.kv_cache_memory_bytes=134217728", "trainer.eval_every=0",
-        "logging.wandb=false", "logging.progress=false"]
+        "logging.wandb=false", "logging.progress=false",
+        "eval.samples=1", "eval.max_tokens=128"]  # before/after evaluations only need to run, not to be precise
 
 
 def _jsonl(path):
