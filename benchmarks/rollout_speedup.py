@@ -102,6 +102,7 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     return {"batch": b, "plain_tok_s": tp, "spec_tok_s": ts, "ratio": ts / tp,
             "mean_accept_len": 1 + accepted / drafts if drafts else 0.0, "spec_enabled_frac": enabled / calls,
             "chosen_k": spec.controller.choice[bucket], "tokens": tot["spec"][1],
+            "controller_estimate": spec.controller.speedups().get(bucket, 1.0),
             "accept_per_position": per_pos}
 
 
@@ -168,12 +169,15 @@ def main() -> None:
         rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens")
-    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'accept len':>11} {'K':>3} "
-          f"{'calib':>5}  acceptance per draft position")
+    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
+          f"{'K':>3} {'calib':>5}  acceptance per draft position")
     for r in rows_out:
         pos = " ".join(f"{x:.2f}" for x in r["accept_per_position"])
         print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
-              f"{r['mean_accept_len']:>11.2f} {r['chosen_k']:>3} {r['calibration_calls']:>5}  {pos}")
+              f"{r['controller_estimate']:>5.2f}x {r['mean_accept_len']:>11.2f} {r['chosen_k']:>3} "
+              f"{r['calibration_calls']:>5}  {pos}")
+    print("est.: the speculation controller's own goodput estimate for that batch size (what the end-of-run line "
+          "of a training run reports), beside the measured ratio")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "rows": rows_out},
                                               indent=2))

@@ -271,3 +271,42 @@ def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_mode
     assert b.spec.accepted_tokens > 0 and 0 < b.spec.enabled_frac < 1
     ma, mb = _marginals(a, width), _marginals(b, width)
     assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
+
+
+def test_k0_explorations_are_measured_without_the_drafter_forward(setup, base_model_dir):
+    """Where the controller speculates, an exploration of K = 0 still runs the drafter (to keep its KV complete);
+    the meter times that forward and records the step without it -- what K = 0 costs when it is chosen and the
+    drafter is skipped. Steps that speculate, and K = 0 steps that skip the drafter, have nothing to take off."""
+    import time
+
+    from rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 3,
+                                                      "spec_buckets": [8, 256]}), seed=0, drafter=setup["trained"])
+    eng.controller.choice = {8: 4, 256: 0}
+    runner = eng.llm.collective_rpc(lambda w: w.model_runner)[0]
+    core = eng.llm.llm_engine.engine_core.engine_core
+    seen, inner, metered = [], eng.controller.record, core.step_fn
+
+    def record(batch, k, seconds, measurable):
+        seen.append(dict(batch=batch, k=k, seconds=seconds, measurable=measurable, kv=runner.laconic_kv_only_s,
+                         skipped=runner.laconic_skip_drafter))
+        inner(batch, k, seconds, measurable)
+
+    def timed_step():
+        t0 = time.perf_counter()
+        out = metered()
+        if seen and "outer" not in seen[-1]:
+            seen[-1]["outer"] = time.perf_counter() - t0
+        return out
+
+    eng.controller.record, core.step_fn = record, timed_step
+    eng.generate(setup["prompts"][:4], SamplingSpec(n=1, max_tokens=60, temperature=0.0))  # bucket 8: speculates
+    eng.generate(setup["prompts"][:12] * 2, SamplingSpec(n=1, max_tokens=30, temperature=0.0))  # 24: K = 0 chosen
+    k0_explored = [s for s in seen if s["k"] == 0 and s["measurable"] and s["batch"] <= 8 and not s["skipped"]]
+    assert k0_explored and all(s["kv"] > 0 for s in k0_explored)
+    for s in k0_explored:  # recorded = the step's own time minus the drafter's forward (<= what wraps the meter)
+        assert s["seconds"] <= s["outer"] - s["kv"]
+    assert all(s["kv"] == 0 for s in seen if s["k"] > 0)
+    chosen_off = [s for s in seen if s["batch"] > 8 and s["k"] == 0]
+    assert chosen_off and all(s["skipped"] and s["kv"] == 0 for s in chosen_off)
