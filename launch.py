@@ -151,11 +151,17 @@ def _report(summary: dict, run_dir) -> str:
     lines.append(f"{t['steps']} steps in {t['wall_s']:.0f} s on {t['ranks']} rank(s)")
     d = summary.get("drafter")
     if d:
-        ups = ", ".join(f"batch <= {k}: {v:.2f}x" for k, v in sorted(d.get("speedup_by_batch", {}).items(),
-                                                                       key=lambda kv: int(kv[0])))
-        lines.append(f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
-                     "decode goodput with vs without speculation as the controller estimates it: "
-                     f"{ups or 'not measured'} (benchmarks/rollout_speedup.py measures it)")
+        head = f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
+        measured = sorted(d.get("measured_speedup", {}).items(), key=lambda kv: int(kv[0]))
+        if measured:
+            ups = ", ".join(f"batch {k}: {v:.2f}x" for k, v in measured)
+            lines.append(head + f"rollout speedup measured at the end (held-out prompts, {d['measured_calls']} calls "
+                         f"per batch size, <= {d['measured_max_tokens']} tokens, with vs without speculation): {ups}")
+        else:
+            ups = ", ".join(f"batch <= {k}: {v:.2f}x" for k, v in sorted(d.get("speedup_by_batch", {}).items(),
+                                                                           key=lambda kv: int(kv[0])))
+            lines.append(head + "decode-step goodput with vs without speculation as the controller estimates it: "
+                         f"{ups or 'not measured'} (benchmarks/rollout_speedup.py measures it)")
     lines.append(f"run folder: {run_dir}")
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Drafters slice of the config: the speculator trained online from the RL loop's rollouts."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -36,5 +36,10 @@ class DrafterConfig:
     # the warm start took 120 s instead of 46 (drafter steps on 400-token rows), for no gain measurable in
     # rollout_speedup (long completions are ~1-4% of tokens), so the flagship keeps the default
     warmup_max_tokens: int = 0
+    # end of run: generate calls per batch size of ``report_batch_sizes`` (held-out prompts, the rollout's cap and
+    # temperature) made alternately with speculation and with the drafter off in the same engine; their tokens/s
+    # ratio is the drafter speedup the run reports (0 = no measurement, only the controller's estimate)
+    report_calls: int = 8
+    report_batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
     draft_layers: int = 1  # draft_model: decoder layers of the standalone draft LM
     draft_hidden: int = 0  # draft_model: hidden size (0 = the policy's)

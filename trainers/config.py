@@ -335,6 +335,10 @@ def _validate_trainer_depth(cfg: Config) -> None:
             raise ValueError(f"drafter.final_prompts={dr.final_prompts} must be >= 0 (0 = the replay window only)")
         if dr.warmup_max_tokens < 0:
             raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be >= 0 (0 = rollout.max_tokens)")
+        if dr.report_calls < 0:
+            raise ValueError(f"drafter.report_calls={dr.report_calls} must be >= 0 (0 = no end-of-run measurement)")
+        if dr.report_calls and (not dr.report_batch_sizes or min(dr.report_batch_sizes) < 1):
+            raise ValueError(f"drafter.report_batch_sizes={dr.report_batch_sizes} must be batch sizes >= 1")
         if dr.warmup_max_tokens >= cfg.rollout.max_model_len:
             raise ValueError(f"drafter.warmup_max_tokens={dr.warmup_max_tokens} must be < rollout.max_model_len="
                              f"{cfg.rollout.max_model_len}")

@@ -220,6 +220,37 @@ def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps
     return drafter.train(budget_s=float("inf"), max_steps=steps)
 
 
+def measure_speedup(engine, prompts: list[Prompt], batch_sizes: list[int], calls: int, max_tokens: int,
+                    temperature: float, seed: int) -> dict:
+    """The drafter's speedup as a user of the run's engine gets it: for each batch size b, ``calls`` generate calls of
+    b prompts (cycling through ``prompts``), each made twice, alternately with the controller's speculation and with
+    the drafter off (``forced_off``: every step at K = 0 with the drafter skipped, i.e. a plain engine), so machine
+    noise hits both alike. Tokens and seconds are summed over ranks. -> ``{b: tokens/s ratio}`` (empty when
+    speculation is not allowed or there are no prompts)."""
+    ctl = engine.controller
+    if ctl is None or ctl.forced_off or not prompts or not calls:
+        return {}
+    out = {}
+    for b in batch_sizes:
+        tot = torch.zeros(4, dtype=torch.float64)  # spec tokens, spec s, plain tokens, plain s
+        for c in range(calls):
+            chunk = [prompts[(c * b + i) % len(prompts)] for i in range(b)]
+            spec = SamplingSpec(n=1, max_tokens=max_tokens, temperature=temperature, seed=seed + 7919 * c + b)
+            for arm, off in ((0, False), (2, True)) if c % 2 == 0 else ((2, True), (0, False)):
+                ctl.forced_off = off
+                try:
+                    t0 = time.perf_counter()
+                    batch = engine.generate(chunk, spec)
+                    tot[arm + 1] += time.perf_counter() - t0
+                finally:
+                    ctl.forced_off = False
+                tot[arm] += float(batch.num_tokens.sum())
+        tot = distributed.all_sum(tot)
+        if tot[1] > 0 and tot[2] > 0:
+            out[b] = float((tot[0] / tot[1]) / (tot[2] / tot[3]))
+    return out
+
+
 def spec_metrics(stats: list[SpecStats]) -> dict:
     """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
     length counts the bonus token)."""

@@ -32,7 +32,7 @@ from trainers import checkpoint, distributed
 from trainers.advantages import ADVANTAGE, dense_rewards, masked_whiten
 from trainers.config import Config
 from trainers.data import to_prompts
-from trainers.drafting import spec_metrics
+from trainers.drafting import measure_speedup, spec_metrics
 from trainers.evaluation import evaluate
 from trainers.losses import KL
 from trainers.metrics import Timers, length_stats
@@ -376,11 +376,18 @@ class Trainer:
                    "totals": {"steps": self.step, "wall_s": wall_s, "rollout_tokens": self.tokens_total,
                               "ranks": self.d.world_size, "engine_start_s": self.rollout.start_s}}
         if self.drafting is not None:
-            summary["drafter"] = {"method": self.cfg.drafter.method, "version": self.drafting.drafter.version,
+            c, r = self.cfg.drafter, self.cfg.rollout
+            summary["drafter"] = {"method": c.method, "version": self.drafting.drafter.version,
                                   "lossless": self.rollout.lossless,
                                   "mean_accept_len": self.rollout.spec_total().mean_accept_len,
                                   "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats \
                 | self.final_drafter_stats
+            # after the estimates are read: these calls would count in the engine's totals
+            t0 = time.perf_counter()
+            measured = measure_speedup(self.rollout, self.eval_prompts, c.report_batch_sizes, c.report_calls,
+                                       r.max_tokens, r.temperature, self.cfg.run.seed)
+            summary["drafter"] |= {"measured_speedup": measured, "measured_max_tokens": r.max_tokens,
+                                   "measured_calls": c.report_calls, "measure_s": time.perf_counter() - t0}
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)

@@ -34,6 +34,9 @@ def test_background_drafter_trains_checkpoints_resumes_and_exits(launch, tmp_pat
     # the checkpoint holds the worker's state: warm start + every step's background steps + the final fit
     s2 = _drafter_state(out, 2)
     summary = json.loads((out / "summary.json").read_text())["drafter"]
+    # the end-of-run speedup is measured (with vs without speculation in the run's engine), not only estimated
+    assert "rollout speedup measured at the end" in p.stdout
+    assert sorted(summary["measured_speedup"]) == ["1", "4"] and all(v > 0 for v in summary["measured_speedup"].values())
     final = summary["drafter/final_steps"]
     assert final >= 7
     assert s2["total_steps"] == 12 + sum(m["drafter/steps"] for m in first) + final
