@@ -176,8 +176,8 @@ def main() -> None:
         print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
               f"{r['controller_estimate']:>5.2f}x {r['mean_accept_len']:>11.2f} {r['chosen_k']:>3} "
               f"{r['calibration_calls']:>5}  {pos}")
-    print("est.: the speculation controller's own goodput estimate for that batch size (what the end-of-run line "
-          "of a training run reports), beside the measured ratio")
+    print("est.: the speculation controller's own decode-step goodput estimate for that batch size (a training "
+          "run keeps it in summary.json as drafter.speedup_by_batch), beside the measured ratio")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "rows": rows_out},
                                               indent=2))
