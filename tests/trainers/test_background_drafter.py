@@ -45,6 +45,15 @@ def test_background_drafter_trains_checkpoints_resumes_and_exits(launch, tmp_pat
     assert s2["version"] == summary["version"] > first[-1]["drafter/version"] >= 1  # exported = checkpointed
     assert all(m["drafter/overhead_s"] > 0 for m in first)
 
+    # coupled speculative sampling: the drafter (trained in the background, swapped in whenever it is ready, used at
+    # whatever K the controller picks) changes no sampled token, so the run learns exactly what it learns without it
+    off = tmp_path / "off"
+    launch(*RUN, "drafter.enabled=false", "trainer.max_steps=2", f"run.output_dir={off}")
+    for a, b in zip(first, _metrics(off), strict=True):
+        assert a["spec/accepted_tokens"] > 0 or a["step"] == 1
+        for key in ("reward/mean", "len/mean", "acc/mean", "train/loss", "train/grad_norm"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+
     launch(*RUN, "trainer.max_steps=3", "run.resume=auto", f"run.output_dir={out}")  # resumes from step 2
     resumed = _metrics(out)
     assert [m["step"] for m in resumed] == [1, 2, 3]
