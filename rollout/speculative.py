@@ -295,6 +295,10 @@ def couple_sampling(runner) -> None:
     from vllm.v1.sample.sampler import _SAMPLING_EPS
 
     sampler, drafter = runner.rejection_sampler, runner.drafter
+    if runner.device.type != "cpu" or not hasattr(torch.ops._C, "fused_gumbel_argmax"):
+        raise RuntimeError(f"rollout.spec_sampling=coupled follows vLLM-CPU's sampler (per-token Gumbel noise from "
+                           f"one seed per token); this engine runs on {runner.device.type}: use "
+                           "rollout.spec_sampling=rejection (or auto)")
     if not sampler.is_processed_logprobs_mode or sampler.use_fp64_gumbel or sampler.synthetic_mode:
         raise RuntimeError("coupled speculative sampling needs logprobs_mode processed_logprobs/_logits, fp32 Gumbel "
                            "noise and no synthetic acceptance (rollout.spec_sampling=rejection works without them)")

@@ -64,6 +64,7 @@ class VLLMEngine:
         self.controller = self.meter = None
         self._calls = 0  # generate calls (request-id prefix for the step-by-step driver)
         self.lossless = "no speculation"
+        self.spec_sampling = "none"  # with a drafter: "coupled" or "rejection" (rollout.spec_sampling resolved)
         if drafter is not None:
             self._start_speculation(drafter)
         self.start_s = time.perf_counter() - t0
@@ -73,7 +74,9 @@ class VLLMEngine:
         from rollout.speculative import SpecController, StepMeter, ensure_lossless
 
         self.lossless = ensure_lossless()
-        if self.cfg.spec_sampling == "coupled":
+        mode = self.cfg.spec_sampling
+        self.spec_sampling = ("rejection" if torch.cuda.is_available() else "coupled") if mode == "auto" else mode
+        if self.spec_sampling == "coupled":
             self.llm.collective_rpc(_couple)
         k = drafter.num_speculative_tokens
         self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
@@ -204,7 +207,7 @@ class VLLMEngine:
         for row, c in taken.items():
             sp = params[row].clone()
             sp.max_tokens = params[row].max_tokens - len(c.token_ids)
-            if self.cfg.spec_sampling == "coupled":  # the original's seed, its generator past the tokens sampled
+            if self.spec_sampling == "coupled":  # the original's seed, its generator past the tokens sampled
                 sp.extra_args = (sp.extra_args or {}) | {"laconic_seed_draws": len(c.token_ids)}
             else:
                 sp.seed = (params[row].seed * 1_000_003 + len(c.token_ids) * 7919 + 17) % _SEED_MOD

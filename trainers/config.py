@@ -367,7 +367,7 @@ def _positive(t: TrainerConfig, r: RolloutConfig) -> None:
     if 0 < r.spec_explore_every < 3:
         raise ValueError(f"rollout.spec_explore_every={r.spec_explore_every} must be 0 (no exploration) or >= 3 (an "
                          "exploration lasts two steps)")
-    if r.spec_sampling not in ("coupled", "rejection"):
-        raise ValueError(f"rollout.spec_sampling={r.spec_sampling!r} must be 'coupled' or 'rejection'")
+    if r.spec_sampling not in ("auto", "coupled", "rejection"):
+        raise ValueError(f"rollout.spec_sampling={r.spec_sampling!r} must be 'auto', 'coupled' or 'rejection'")
     if r.spec_handoff_max < 0:
         raise ValueError(f"rollout.spec_handoff_max={r.spec_handoff_max} must be >= 0 (0 = never hand over)")

@@ -378,7 +378,7 @@ class Trainer:
         if self.drafting is not None:
             c, r = self.cfg.drafter, self.cfg.rollout
             summary["drafter"] = {"method": c.method, "version": self.drafting.drafter.version,
-                                  "lossless": self.rollout.lossless,
+                                  "lossless": self.rollout.lossless, "sampling": self.rollout.spec_sampling,
                                   "mean_accept_len": self.rollout.spec_total().mean_accept_len,
                                   "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats \
                 | self.final_drafter_stats
