@@ -151,7 +151,8 @@ def _report(summary: dict, run_dir) -> str:
     lines.append(f"{t['steps']} steps in {t['wall_s']:.0f} s on {t['ranks']} rank(s)")
     d = summary.get("drafter")
     if d:
-        head = f"drafter ({d['method']}): mean acceptance {d.get('mean_accept_len', 0.0):.2f} tokens per round; "
+        head = (f"drafter ({d['method']}): mean acceptance {d.get('train_accept_len', 0.0):.2f} tokens per round on the "
+                f"training rollouts; ")
         measured = sorted(d.get("measured_speedup", {}).items(), key=lambda kv: int(kv[0]))
         if measured:
             ups = ", ".join(f"batch {k}: {v:.2f}x" for k, v in measured)

@@ -360,9 +360,31 @@ def couple_sampling(runner) -> None:
             first += k
         out = torch.tensor(out, dtype=torch.int32, device=logits.device)
         lps = None
-        if sm.max_num_logprobs is not None:
+        if sm.max_num_logprobs == 0:  # the sampled tokens' log-probs only (what the engine asks for): directly
+            lps = emitted_logprobs(rows, counts, out)
+        elif sm.max_num_logprobs is not None:
             lps = sampler._get_logprobs_tensors(sm.max_num_logprobs, metadata, logits, target, bonus_logits, out)
         return SamplerOutput(sampled_token_ids=out, logprobs_tensors=lps)
+
+    def emitted_logprobs(rows, counts, out):
+        """vLLM's ``_get_logprobs_tensors`` for ``logprobs=0`` without its full-size scratch copy: log-softmax of the
+        processed rows (already laid out as the logits are), gathered at each request's positions 0..max_spec_len
+        (clamped; rejected positions read token 0 and are dropped by vLLM's ``parse_output``), with the rank vLLM
+        reports (entries >= the token's log-prob)."""
+        from vllm.v1.outputs import LogprobsTensors
+
+        width = out.shape[1]
+        starts, start = [], 0
+        for k in counts:
+            starts.append(start)
+            start += k + 1
+        idx = (torch.tensor(starts, dtype=torch.long).unsqueeze(1) + torch.arange(width)).flatten()
+        idx.clamp_(max=rows.shape[0] - 1)
+        tokens = out.flatten().to(torch.long)
+        tokens[tokens == rs.PLACEHOLDER_TOKEN_ID] = 0
+        lsm = rows[idx].log_softmax(dim=-1, dtype=torch.float32)
+        token_lps = lsm.gather(-1, tokens.unsqueeze(-1))
+        return LogprobsTensors(tokens.unsqueeze(-1).to(torch.int32), token_lps, (lsm >= token_lps).sum(-1))
 
     def propose(*args, **kwargs):
         drafter.laconic_draft_index, drafter.laconic_draft_seeds = 0, None

@@ -380,6 +380,7 @@ class Trainer:
             summary["drafter"] = {"method": c.method, "version": self.drafting.drafter.version,
                                   "lossless": self.rollout.lossless, "sampling": self.rollout.spec_sampling,
                                   "mean_accept_len": self.rollout.spec_total().mean_accept_len,
+                                  "train_accept_len": self._train_accept_len(),
                                   "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats \
                 | self.final_drafter_stats
             # after the estimates are read: these calls would count in the engine's totals
@@ -396,6 +397,14 @@ class Trainer:
             self.tracker.finish()
         distributed.barrier()
         return summary
+
+    def _train_accept_len(self) -> float:
+        """Mean acceptance length (bonus token counted) over the RL steps' rollouts only, from metrics.jsonl (a resumed
+        run's earlier steps included); the engine-wide ``mean_accept_len`` also pools the warm start, the
+        evaluations (longer cap) and the final fit's rollouts."""
+        rows = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step and "spec/drafts" in m]
+        drafts = sum(m["spec/drafts"] for m in rows)
+        return 1.0 + sum(m["spec/accepted_tokens"] for m in rows) / drafts if drafts else 0.0
 
     def report(self) -> None:
         """The before/after Pareto plot (run folder and W&B) and the model card of ``export/``."""
