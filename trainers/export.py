@@ -224,7 +224,9 @@ def _drafter(config: dict, summary: dict) -> str:
     extra = f", version {s['version']}, sampling guard `{s.get('lossless')}`" if "version" in s else ""
     return (f"## Drafter\n\n`drafter/` is the speculator (vLLM method `{d['method']}`) trained online on the policy's "
             f"own rollouts during RL (up to {d['num_speculative_tokens']} speculative tokens{extra}). Speculative "
-            f"decoding is lossless: it changes speed, not outputs.\n")
+            f"decoding is lossless: it changes speed, not the output distribution (greedy output is identical; "
+            f"vLLM's rejection sampling at temperature > 0 draws different samples than without it, Laconic's "
+            f"coupled sampling during training the same ones).\n")
 
 
 def _serving(config: dict, repo_id: str, local_path: str, has_drafter: bool) -> str:
