@@ -307,9 +307,14 @@ def couple_sampling(runner) -> None:
     gumbel_argmax = torch.ops._C.fused_gumbel_argmax
     stock_forward, stock_propose = sampler.forward, drafter.propose
 
-    def unseeded(sm, rows: int) -> int | None:
-        greedy = (sm.temperature[:rows] < _SAMPLING_EPS).tolist()
-        return next((i for i in range(rows) if not greedy[i] and i not in sm.generators), None)
+    def greedy_rows(sm, rows: int) -> list[bool]:
+        """Which of the batch's requests sample greedily; every other one must have a seeded generator."""
+        greedy = [False] * rows if sm.all_random else (sm.temperature[:rows] < _SAMPLING_EPS).tolist()
+        bad = next((i for i in range(rows) if not greedy[i] and i not in sm.generators), None)
+        if bad is not None:
+            raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at temperature > 0 "
+                               "without a seed")
+        return greedy
 
     def forward(metadata, draft_probs, logits, sampling_metadata):
         sm = sampling_metadata
@@ -317,10 +322,7 @@ def couple_sampling(runner) -> None:
             return stock_forward(metadata, draft_probs, logits, sm)
         counts = metadata.num_draft_tokens
         batch = len(counts)
-        bad = unseeded(sm, batch)
-        if bad is not None:
-            raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at temperature > 0 "
-                               "without a seed")
+        greedy = greedy_rows(sm, batch)
         # the bonus position's processed logits (its token is re-sampled below with its own seed: generators={})
         bonus = sampler.sampler(logits=logits[metadata.bonus_logits_indices],
                                 sampling_metadata=dataclasses.replace(sm, max_num_logprobs=-1, generators={}),
@@ -332,7 +334,6 @@ def couple_sampling(runner) -> None:
         rows = torch.empty((logits.shape[0], logits.shape[1]), dtype=torch.float32, device=logits.device)
         rows[metadata.target_logits_indices] = target
         rows[metadata.bonus_logits_indices] = bonus_logits.to(torch.float32)
-        greedy = (sm.temperature[:batch] < _SAMPLING_EPS).tolist() if not sm.all_random else [False] * batch
         seeds = torch.zeros(rows.shape[0], dtype=torch.long)
         states: dict[int, torch.Tensor] = {}
         start = 0
@@ -404,10 +405,7 @@ def couple_sampling(runner) -> None:
         j = drafter.laconic_draft_index
         drafter.laconic_draft_index += 1
         if drafter.laconic_draft_seeds is None:  # the next K draws of each generator, peeked (nothing consumed)
-            bad = unseeded(sm, batch)
-            if bad is not None:
-                raise RuntimeError(f"coupled speculative sampling: request {bad} of the batch samples at "
-                                   "temperature > 0 without a seed")
+            greedy_rows(sm, batch)  # raises for an unseeded sampled request
             k = drafter.num_speculative_tokens
             seeds = torch.zeros((batch, k), dtype=torch.long)
             for i, gen in sm.generators.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from rewards import RewardOutput
-from rollout.types import RolloutBatch
+from rollout.types import RolloutBatch, SpecStats
 from trainers import checkpoint, distributed
 from trainers.advantages import ADVANTAGE, dense_rewards, masked_whiten
 from trainers.config import Config
@@ -403,8 +403,8 @@ class Trainer:
         run's earlier steps included); the engine-wide ``mean_accept_len`` also pools the warm start, the
         evaluations (longer cap) and the final fit's rollouts."""
         rows = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step and "spec/drafts" in m]
-        drafts = sum(m["spec/drafts"] for m in rows)
-        return 1.0 + sum(m["spec/accepted_tokens"] for m in rows) / drafts if drafts else 0.0
+        return SpecStats(drafts=sum(m["spec/drafts"] for m in rows),
+                         accepted_tokens=sum(m["spec/accepted_tokens"] for m in rows)).mean_accept_len
 
     def report(self) -> None:
         """The before/after Pareto plot (run folder and W&B) and the model card of ``export/``."""
