@@ -92,3 +92,45 @@ def test_sampler_logprobs_match_trainer(setup):
     params = [SamplingParams(temperature=0.7, max_tokens=48, seed=request_seed(11, "p1", j)) for j in range(4)]
     outs = engine.llm.generate([TokensPrompt(prompt_token_ids=ids)] * 4, sampling_params=params, use_tqdm=False)
     assert [o.outputs[0].text for o in outs] == batch.texts
+
+
+@pytest.fixture(scope="module")
+def compiled(base_model_dir, setup):
+    """A second engine with vLLM's torch.compile on (``rollout.enforce_eager=false``), kept for the module."""
+    from rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(base_model_dir, RolloutConfig(max_tokens=64, max_model_len=512, enforce_eager=False,
+                                                    kv_cache_memory_bytes=64 * 2**20), seed=0)
+
+
+@pytest.mark.slow
+def test_compiled_engine_takes_pushed_weights(setup, compiled):
+    """``rollout.enforce_eager=false``: the compiled graphs read the live parameters, so a weight push reaches them
+    (greedy = HF greedy of the trainer's weights afterwards, changed from before) and sampled log-probs stay the
+    trainer's."""
+    from trainers.logprobs import completion_logprobs
+
+    tok, policy, _ = setup
+    ids = tok("Start with 4. Add 6, then multiply by 3.\n", add_special_tokens=False)["input_ids"]
+    greedy = SamplingSpec(n=1, max_tokens=40, temperature=0.0)
+    compiled.load_policy(policy.iter_hf_weights(), version=1)
+    before = compiled.generate([Prompt("c0", ids)], greedy).completion_ids[0].tolist()
+    assert before == _hf_greedy(policy.module, ids, 40)[:len(before)]
+
+    target = tok("<think>\n" + "7" * 30, add_special_tokens=False)["input_ids"]
+    seq = torch.tensor([ids + target])
+    labels = seq.clone()
+    labels[0, :len(ids)] = -100
+    policy.backward(policy.module(input_ids=seq, labels=labels).loss)
+    policy.step()
+    compiled.load_policy(policy.iter_hf_weights(), version=2)
+    after = compiled.generate([Prompt("c0", ids)], greedy).completion_ids[0].tolist()
+    assert after != before
+    assert after == _hf_greedy(policy.module, ids, 40)[:len(after)]
+
+    batch = compiled.generate([Prompt("c1", ids)], SamplingSpec(n=4, max_tokens=48, temperature=0.7, seed=5))
+    with torch.no_grad():
+        lp, _, _ = completion_logprobs(policy.module, [ids] * 4, batch.completion_ids, batch.completion_mask,
+                                       0, 0.7, 64)
+    m = batch.completion_mask
+    assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-3
