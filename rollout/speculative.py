@@ -110,6 +110,9 @@ class SpecController:
         self.steps: dict[int, int] = {}  # bucket -> steps seen
         self.choice: dict[int, int] = {b: k_max for b in self.buckets}  # start optimistic: speculate everywhere
         self.forced_off = False  # set when speculation may not be used (e.g. the lossless guard failed)
+        # set while the engine serves traffic unlike the training rollouts' (held-out evaluation, the weight-sync
+        # probes): the current choices are used, nothing is learned and nothing explored (VLLMEngine.controller_paused)
+        self.paused = False
 
     def bucket(self, batch: int) -> int:
         for b in self.buckets:
@@ -130,10 +133,11 @@ class SpecController:
         return self.choice[b]
 
     def exploring(self, batch: int) -> bool:
-        """Whether the coming step of ``batch`` requests is an exploration step (see :meth:`k_for`)."""
+        """Whether the coming step of ``batch`` requests is an exploration step (see :meth:`k_for`; never while
+        :attr:`paused`)."""
         b = self.bucket(batch)
         every = self._explore_interval(b)
-        return bool(every) and self.steps.get(b, 0) % every >= every - 2
+        return bool(every) and not self.paused and self.steps.get(b, 0) % every >= every - 2
 
     def settled(self, batch: int) -> bool:
         """Whether every K of ``batch``'s bucket has 4 step measurements (its exploration has slowed down)."""
@@ -150,8 +154,8 @@ class SpecController:
 
     def observe(self, drafted_per_pos: list[int], accepted_per_pos: list[int]) -> None:
         """One step's speculation counts per draft position (vLLM's ``num_draft_tokens_per_pos`` /
-        ``num_accepted_tokens_per_pos``); a step without drafts changes nothing."""
-        if not any(drafted_per_pos):
+        ``num_accepted_tokens_per_pos``); a step without drafts, or one while :attr:`paused`, changes nothing."""
+        if self.paused or not any(drafted_per_pos):
             return
         for i in range(self.k_max):
             d = drafted_per_pos[i] if i < len(drafted_per_pos) else 0
@@ -169,7 +173,10 @@ class SpecController:
         return 1.0 + sum(self.acceptance()[:k])
 
     def record(self, batch: int, k: int, seconds: float, measurable: bool) -> None:
-        """One engine step of ``batch`` requests at K (``measurable``: not a prefill and K as in the previous step)."""
+        """One engine step of ``batch`` requests at K (``measurable``: not a prefill and K as in the previous step);
+        ignored while :attr:`paused`."""
+        if self.paused:
+            return
         b = self.bucket(batch)
         self.steps[b] = self.steps.get(b, 0) + 1
         if not measurable or seconds <= 0:

@@ -25,7 +25,8 @@ def evaluate(engine, prompts: list[Prompt], cfg: Config, rank: int, world_size: 
     shard = prompts[rank::world_size]
     rows: list[tuple[int, bool, bool, int | None]] = []
     if shard:
-        batch = engine.generate(shard, spec)
+        with engine.controller_paused():  # evaluation traffic must not retune training's speculation
+            batch = engine.generate(shard, spec)
         inp = RewardInput(completions=batch.texts, num_tokens=batch.num_tokens, truncated=batch.truncated,
                           group_ids=batch.group_ids, meta=batch.meta)
         ok, _ = verify(inp, cfg.reward.correctness.verifier, cfg.reward.timeout_s)  # failed call = incorrect

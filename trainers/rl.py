@@ -169,8 +169,9 @@ class Trainer:
         from trainers.logprobs import greedy_agreement
 
         probes = self.eval_prompts[: self.cfg.trainer.sync_check_prompts]
-        batch = self.rollout.generate(probes, SamplingSpec(n=1, max_tokens=min(64, self.cfg.rollout.max_tokens),
-                                                           temperature=0.0))
+        with self.rollout.controller_paused():  # greedy probes: not the rollouts' traffic
+            batch = self.rollout.generate(probes, SamplingSpec(n=1, max_tokens=min(64, self.cfg.rollout.max_tokens),
+                                                               temperature=0.0))
         r = _rows(batch)
         was_training = self.policy.module.training
         self.policy.module.eval()

@@ -129,3 +129,28 @@ def test_exploration_slows_down_once_every_k_is_measured():
         prev = k
     assert sum(off) / len(off) <= 2 / 64 + 1e-9 and sum(off) > 0  # 2 steps of 64, two thirds of them another K
     assert not SpecController(k_max=2, buckets=[4], explore_every=8).settled(3)
+
+
+def test_paused_controller_uses_its_choices_and_learns_nothing():
+    """While paused (the engine serves evaluation traffic) the controller answers with its chosen K, never explores,
+    and neither acceptance counts nor step timings change it; unpaused, the same traffic would."""
+    c = SpecController(k_max=2, buckets=[1, 4], explore_every=4)
+    for _ in range(8):
+        c.observe([1, 1], [1, 1])
+        for k in (0, 1, 2):
+            c.record(1, k, 0.010 + 0.002 * k, measurable=True)
+    before = c.state_dict()
+    chosen = c.choice[1]
+    c.paused = True
+    ks = []
+    for _ in range(12):  # unpaused, steps 2 and 3 of every 4 would explore
+        ks.append(c.k_for(1))
+        c.observe([1, 1], [0, 0])  # a drafter that never matches: would drive the choice to K = 0
+        c.record(1, ks[-1], 0.050, measurable=True)
+    assert ks == [chosen] * 12 and not c.exploring(1)
+    assert c.state_dict() == before
+    c.paused = False
+    for _ in range(40):
+        c.observe([1, 1], [0, 0])
+    c.record(1, chosen, 0.050, measurable=True)
+    assert c.state_dict() != before and c.choice[1] == 0

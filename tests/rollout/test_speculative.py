@@ -81,6 +81,23 @@ def test_speculation_counters_are_vllms(setup):
     assert eng.meter.accepted_per_pos == list(m["vllm:spec_decode_num_accepted_tokens_per_pos"].values)
 
 
+def test_evaluation_traffic_does_not_retune_the_controller(setup):
+    """Inside ``controller_paused`` the engine still speculates with the controller's choices, and its state (acceptance,
+    step timings, step counts) is the same afterwards, also after a failing call; outside, the same call changes it."""
+    eng = setup["spec"]
+    spec = SamplingSpec(n=2, max_tokens=48, temperature=1.0, seed=9)
+    before = eng.state_dict()
+    with eng.controller_paused():
+        batch = eng.generate(setup["prompts"][4:8], spec)
+    assert batch.spec.drafts > 0  # speculation ran
+    assert eng.state_dict() == before and not eng.controller.paused
+    with pytest.raises(ValueError), eng.controller_paused():
+        raise ValueError("a failing evaluation")
+    assert not eng.controller.paused
+    eng.generate(setup["prompts"][4:8], spec)
+    assert eng.state_dict() != before
+
+
 def _marginals(batch, width):
     ids = batch.completion_ids[:, :width]
     return [Counter(ids[batch.completion_mask[:, :width][:, t], t].tolist()) for t in range(width)]
