@@ -94,6 +94,11 @@ def test_evaluation_traffic_does_not_retune_the_controller(setup):
     with pytest.raises(ValueError), eng.controller_paused():
         raise ValueError("a failing evaluation")
     assert not eng.controller.paused
+    with eng.controller_paused():
+        with eng.controller_paused():  # nested (e.g. an evaluation inside a paused block): the outer pause holds
+            pass
+        assert eng.controller.paused
+    assert not eng.controller.paused
     eng.generate(setup["prompts"][4:8], spec)
     assert eng.state_dict() != before
 
