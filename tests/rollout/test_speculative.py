@@ -228,6 +228,26 @@ def test_hot_swap_changes_acceptance_in_the_live_engine(setup):
     assert rate["trained"] > max(0.2, 3 * rate["untrained"]) and rate["again"] > max(0.2, 3 * rate["untrained"]), rate
 
 
+def test_hot_swap_reaches_a_compiled_drafter(setup):
+    """``rollout.enforce_eager=false``: vLLM compiles the drafter too; the swapped weights must reach the compiled
+    graph (not constants captured at compile time): built with the untrained head, then swapped to the trained one
+    and back, acceptance follows the weights."""
+    from rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(setup["base"], RolloutConfig(**RC, enforce_eager=False), seed=0, drafter=setup["untrained"])
+    setup["compiled_spec"] = eng  # kept alive for the module (a collected engine tears down vLLM's process state)
+    ps, sample = setup["prompts"][2:6], SamplingSpec(n=2, max_tokens=150, temperature=1.0, seed=9)
+    untrained = eng.generate(ps, sample).spec
+    eng.load_drafter(setup["trained"])
+    trained = eng.generate(ps, sample).spec
+    eng.load_drafter(setup["untrained"])
+    again = eng.generate(ps, sample).spec
+    rate = {k: s.accepted_tokens / s.draft_tokens for k, s in (("untrained", untrained), ("trained", trained),
+                                                                ("again", again))}
+    assert rate["untrained"] < 0.1 and rate["again"] < 0.1, rate
+    assert rate["trained"] > max(0.2, 3 * rate["untrained"]), rate
+
+
 def test_policy_sync_keeps_the_eagle_head_on_the_policys_embedding_and_head(setup, base_model_dir):
     from transformers import AutoModelForCausalLM
 
