@@ -213,16 +213,22 @@ def test_sampler_logprobs_with_speculation_match_the_trainer(setup):
     assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-4
 
 
+def _rates_through_swaps(eng, setup, swaps):
+    """Acceptance rate (accepted / drafted tokens) of the same seeded calls with the engine's drafter as it is, then
+    after each hot swap in ``swaps``, in order."""
+    ps, sample = setup["prompts"][2:6], SamplingSpec(n=2, max_tokens=150, temperature=1.0, seed=9)
+    rates = []
+    for export in [None, *swaps]:
+        if export is not None:
+            eng.load_drafter(export)
+        s = eng.generate(ps, sample).spec
+        rates.append(s.accepted_tokens / s.draft_tokens)
+    return rates
+
+
 def test_hot_swap_changes_acceptance_in_the_live_engine(setup):
-    eng, ps = setup["spec"], setup["prompts"][2:6]
-    sample = SamplingSpec(n=2, max_tokens=150, temperature=1.0, seed=9)
-    trained = eng.generate(ps, sample).spec
-    eng.load_drafter(setup["untrained"])
-    untrained = eng.generate(ps, sample).spec
-    eng.load_drafter(setup["trained"])
-    again = eng.generate(ps, sample).spec
-    rate = {k: s.accepted_tokens / s.draft_tokens for k, s in (("trained", trained), ("untrained", untrained),
-                                                                ("again", again))}
+    rate = dict(zip(("trained", "untrained", "again"),
+                    _rates_through_swaps(setup["spec"], setup, [setup["untrained"], setup["trained"]])))
     assert rate["untrained"] < 0.1, rate  # a random head: (almost) nothing accepted
     # the briefly trained head (250 steps) is accepted several times as often, in the same live engine, both ways
     assert rate["trained"] > max(0.2, 3 * rate["untrained"]) and rate["again"] > max(0.2, 3 * rate["untrained"]), rate
@@ -236,14 +242,8 @@ def test_hot_swap_reaches_a_compiled_drafter(setup):
 
     eng = VLLMEngine(setup["base"], RolloutConfig(**RC, enforce_eager=False), seed=0, drafter=setup["untrained"])
     setup["compiled_spec"] = eng  # kept alive for the module (a collected engine tears down vLLM's process state)
-    ps, sample = setup["prompts"][2:6], SamplingSpec(n=2, max_tokens=150, temperature=1.0, seed=9)
-    untrained = eng.generate(ps, sample).spec
-    eng.load_drafter(setup["trained"])
-    trained = eng.generate(ps, sample).spec
-    eng.load_drafter(setup["untrained"])
-    again = eng.generate(ps, sample).spec
-    rate = {k: s.accepted_tokens / s.draft_tokens for k, s in (("untrained", untrained), ("trained", trained),
-                                                                ("again", again))}
+    rate = dict(zip(("untrained", "trained", "again"),
+                    _rates_through_swaps(eng, setup, [setup["trained"], setup["untrained"]])))
     assert rate["untrained"] < 0.1 and rate["again"] < 0.1, rate
     assert rate["trained"] > max(0.2, 3 * rate["untrained"]), rate
 

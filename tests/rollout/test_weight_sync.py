@@ -42,14 +42,7 @@ def test_greedy_matches_hf_before_and_after_step(setup):
     before = engine.generate([Prompt("p0", ids)], spec).completion_ids[0].tolist()
     assert before == _hf_greedy(policy.module, ids, 40)[:len(before)]
 
-    # one optimizer step of SFT toward a different continuation
-    target = tok("<think>\n" + "9" * 30, add_special_tokens=False)["input_ids"]
-    seq = torch.tensor([ids + target])
-    labels = seq.clone()
-    labels[0, :len(ids)] = -100
-    loss = policy.module(input_ids=seq, labels=labels).loss
-    policy.backward(loss)
-    policy.step()
+    _sft_step(tok, policy, ids, "<think>\n" + "9" * 30)
     # the engine still holds the old weights: the teacher-forced sync check must catch it
     stale = _agreement(policy.module, ids, before)
     assert not stale.all()
@@ -62,6 +55,26 @@ def test_greedy_matches_hf_before_and_after_step(setup):
     assert _agreement(policy.module, ids, after).all()
 
 
+def _sft_step(tok, policy, ids, text):
+    """One optimizer step of SFT toward ``text`` after the prompt ``ids`` (a different continuation)."""
+    seq = torch.tensor([ids + tok(text, add_special_tokens=False)["input_ids"]])
+    labels = seq.clone()
+    labels[0, :len(ids)] = -100
+    policy.backward(policy.module(input_ids=seq, labels=labels).loss)
+    policy.step()
+
+
+def _trainer_logprob_gap(policy, ids, batch, temperature):
+    """Largest |trainer log-prob - sampler log-prob| over a batch of completions of the prompt ``ids``."""
+    from trainers.logprobs import completion_logprobs
+
+    with torch.no_grad():
+        lp, _, _ = completion_logprobs(policy.module, [ids] * len(batch.texts), batch.completion_ids,
+                                       batch.completion_mask, 0, temperature, 64)
+    m = batch.completion_mask
+    return (lp[m] - batch.sampler_logprobs[m]).abs().max()
+
+
 def _agreement(model, ids, completion):
     from trainers.logprobs import greedy_agreement
 
@@ -72,16 +85,10 @@ def _agreement(model, ids, completion):
 
 def test_sampler_logprobs_match_trainer(setup):
     """Sampled log-probs from vLLM (processed, at the sampling temperature) agree with the trainer's kernel."""
-    from trainers.logprobs import completion_logprobs
-
     tok, policy, engine = setup
     ids = tok("Start with 5. Add 3, then multiply by 2.\n", add_special_tokens=False)["input_ids"]
     batch = engine.generate([Prompt("p1", ids)], SamplingSpec(n=4, max_tokens=48, temperature=0.7, seed=11))
-    with torch.no_grad():
-        lp, _, _ = completion_logprobs(policy.module, [ids] * 4, batch.completion_ids, batch.completion_mask,
-                                       0, 0.7, 64)
-    m = batch.completion_mask
-    assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-3
+    assert _trainer_logprob_gap(policy, ids, batch, 0.7) < 1e-3
     assert len(set(batch.texts)) > 1  # distinct seeds per sample
     # the engine does not detokenize token by token; its texts are what vLLM's own detokenizer writes
     from vllm import SamplingParams
@@ -108,8 +115,6 @@ def test_compiled_engine_takes_pushed_weights(setup, compiled):
     """``rollout.enforce_eager=false``: the compiled graphs read the live parameters, so a weight push reaches them
     (greedy = HF greedy of the trainer's weights afterwards, changed from before) and sampled log-probs stay the
     trainer's."""
-    from trainers.logprobs import completion_logprobs
-
     tok, policy, _ = setup
     ids = tok("Start with 4. Add 6, then multiply by 3.\n", add_special_tokens=False)["input_ids"]
     greedy = SamplingSpec(n=1, max_tokens=40, temperature=0.0)
@@ -117,20 +122,11 @@ def test_compiled_engine_takes_pushed_weights(setup, compiled):
     before = compiled.generate([Prompt("c0", ids)], greedy).completion_ids[0].tolist()
     assert before == _hf_greedy(policy.module, ids, 40)[:len(before)]
 
-    target = tok("<think>\n" + "7" * 30, add_special_tokens=False)["input_ids"]
-    seq = torch.tensor([ids + target])
-    labels = seq.clone()
-    labels[0, :len(ids)] = -100
-    policy.backward(policy.module(input_ids=seq, labels=labels).loss)
-    policy.step()
+    _sft_step(tok, policy, ids, "<think>\n" + "7" * 30)
     compiled.load_policy(policy.iter_hf_weights(), version=2)
     after = compiled.generate([Prompt("c0", ids)], greedy).completion_ids[0].tolist()
     assert after != before
     assert after == _hf_greedy(policy.module, ids, 40)[:len(after)]
 
     batch = compiled.generate([Prompt("c1", ids)], SamplingSpec(n=4, max_tokens=48, temperature=0.7, seed=5))
-    with torch.no_grad():
-        lp, _, _ = completion_logprobs(policy.module, [ids] * 4, batch.completion_ids, batch.completion_mask,
-                                       0, 0.7, 64)
-    m = batch.completion_mask
-    assert (lp[m] - batch.sampler_logprobs[m]).abs().max() < 1e-3
+    assert _trainer_logprob_gap(policy, ids, batch, 0.7) < 1e-3
