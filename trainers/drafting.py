@@ -259,9 +259,9 @@ def spec_metrics(stats: list[SpecStats]) -> dict:
     summed = distributed.all_sum(torch.cat([tot[:, :4].sum(0), torch.tensor([tot[:, 4].mean(), 1.0],
                                                                              dtype=torch.float64)]))
     drafts, draft_tokens, accepted, handoffs, enabled, ranks = summed.tolist()
-    return {"spec/enabled_frac": enabled / ranks, "spec/drafts": drafts, "spec/draft_tokens": draft_tokens,
-            "spec/accepted_tokens": accepted,
-            "spec/handoffs": handoffs,
-            "spec/mean_accept_len": 1.0 + accepted / drafts if drafts else 0.0,
+    total = SpecStats(enabled / ranks, int(drafts), int(draft_tokens), int(accepted), int(handoffs))
+    return {"spec/enabled_frac": total.enabled_frac, "spec/drafts": drafts, "spec/draft_tokens": draft_tokens,
+            "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
+            "spec/mean_accept_len": total.mean_accept_len,
             "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
 

@@ -1,5 +1,7 @@
 """The drafter's training targets come from the trainer's own forward and line up with it: the hidden state at
-every target position q predicts exactly the completion token at q+1 the trainer scored (no off-by-one)."""
+every target position q predicts exactly the completion token at q+1 the trainer scored (no off-by-one); the step's
+``spec/*`` metrics pool its generate calls with vLLM's definitions."""
+import pytest
 import torch
 
 
@@ -27,3 +29,18 @@ def test_drafter_targets_are_the_states_that_score_completion_tokens_1_to_n_minu
             assert batch.token_ids[b, q + 1] == comp[b, t]
             torch.testing.assert_close(logp[b, q, comp[b, t]], lp[b, t])
     assert torch.equal(batch.valid.sum(-1), torch.tensor([7, 4]))
+
+
+def test_spec_metrics_pool_a_steps_generate_calls_with_vllms_definitions():
+    from rollout.types import SpecStats
+    from trainers.drafting import spec_metrics
+
+    calls = [SpecStats(enabled_frac=1.0, drafts=10, draft_tokens=40, accepted_tokens=30, handoffs=2),
+             SpecStats(enabled_frac=0.5, drafts=30, draft_tokens=60, accepted_tokens=20)]
+    m = spec_metrics(calls)
+    assert m["spec/mean_accept_len"] == pytest.approx(1 + 50 / 40)  # bonus token counted, pooled over rounds
+    assert m["spec/acceptance_rate"] == pytest.approx(50 / 100)
+    assert (m["spec/drafts"], m["spec/draft_tokens"], m["spec/accepted_tokens"], m["spec/handoffs"]) == (40, 100, 50, 2)
+    assert m["spec/enabled_frac"] == pytest.approx(0.75)
+    off = spec_metrics([SpecStats()])
+    assert off["spec/mean_accept_len"] == 0.0 and off["spec/acceptance_rate"] == 0.0
