@@ -1,6 +1,6 @@
 """End-to-end effect of the adaptive drafter on an RL run, side by side in one invocation.
 
-    python benchmarks/e2e_drafter.py [--recipe tiny_dler] [--steps 30] [--json PATH] [key=value ...]
+    python benchmarks/e2e_drafter.py [--recipe tiny_dler] [--steps 30] [--ranks 1] [--json PATH] [key=value ...]
 
 Runs the recipe twice from the same base model and seed, ``drafter.enabled=true`` and ``=false`` (sequentially, each
 in its own process), then prints seconds per RL step for each (median over steps after the first; the drafter's
@@ -23,8 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(recipe: str, steps: int, out: Path, drafter: bool, extra: list[str]) -> dict:
-    cmd = [sys.executable, "launch.py", f"recipe={recipe}", f"trainer.max_steps={steps}", f"run.output_dir={out}",
+def _run(recipe: str, steps: int, out: Path, drafter: bool, extra: list[str], ranks: int = 1) -> dict:
+    # several ranks: DeepSpeed's launcher (gloo on CPU), as the README starts them
+    head = [sys.executable] if ranks == 1 else [shutil.which("deepspeed") or "deepspeed", "--num_gpus", str(ranks)]
+    cmd = [*head, "launch.py", f"recipe={recipe}", f"trainer.max_steps={steps}", f"run.output_dir={out}",
            f"drafter.enabled={str(drafter).lower()}", "logging.wandb=false", "logging.progress=false",
            "trainer.eval_every=0", *extra]
     shutil.rmtree(out, ignore_errors=True)  # this benchmark's own arm folder: a fresh run each time
@@ -46,12 +48,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--workdir", default="runs/bench-e2e-drafter")
     ap.add_argument("--json", default="")
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="trainer ranks (> 1: `deepspeed --num_gpus N`; the drafter then trains in the rollout's idle "
+                         "windows instead of for drafter.budget_s after the update)")
     args, extra = ap.parse_known_args()
+    if args.ranks < 1:
+        raise SystemExit(f"--ranks={args.ranks} must be >= 1")
     work = ROOT / args.workdir
-    res = {name: _run(args.recipe, args.steps, work / name, name == "drafter", extra) for name in ("drafter", "plain")}
+    res = {name: _run(args.recipe, args.steps, work / name, name == "drafter", extra, args.ranks)
+           for name in ("drafter", "plain")}
     step = {n: statistics.median(m["time/step_s"] for m in r["metrics"][1:]) for n, r in res.items()}
     wall = {n: r["summary"]["totals"]["wall_s"] for n, r in res.items()}
-    print(f"\n{args.recipe}, {args.steps} steps, same seed")
+    print(f"\n{args.recipe}, {args.steps} steps, same seed, {args.ranks} rank{'s' * (args.ranks > 1)}")
     print(f"{'':28s}{'drafter on':>12s}{'drafter off':>12s}")
     print(f"{'s / RL step (median)':28s}{step['drafter']:>12.2f}{step['plain']:>12.2f}   ratio {step['plain'] / step['drafter']:.2f}x")
     print(f"{'run wall s (incl. warm start)':28s}{wall['drafter']:>12.0f}{wall['plain']:>12.0f}   ratio {wall['plain'] / wall['drafter']:.2f}x")
