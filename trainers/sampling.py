@@ -70,7 +70,10 @@ class Sampler:
         self.curriculum = DECSCurriculum(cfg.reward) if cfg.reward.decs_curriculum.enabled else None
         self.needs_offsets = rewards.needs_token_offsets(cfg.reward)
         self.rng = random.Random(cfg.run.seed * 7_901 + rank)
-        self.after_rollout = None  # called right after each of this rank's rollouts (the drafter's idle window)
+        # called once per step right after this rank's last rollout (the drafter's idle window): not after every
+        # round, since with dynamic sampling ranks may run different numbers of rounds, and the idle window's
+        # collective must be posted the same number of times on every rank
+        self.after_rollout = None
 
     # ------------------------------------------------------------------ phases
     def sample(self, step: int, timers: Timers) -> Sample:
@@ -79,9 +82,6 @@ class Sampler:
         while True:
             with timers("rollout"):
                 batch = self.rollout(step, rounds)
-            if self.after_rollout is not None:
-                with timers("idle"):
-                    self.after_rollout()
             generated += int(batch.num_tokens.sum())
             spec.append(batch.spec)
             with timers("reward"):
@@ -90,6 +90,7 @@ class Sampler:
             if self.curriculum is not None:
                 observed.append(self.curriculum.observe(out.input))
             if not t.dynamic_sampling:
+                self._rank_done(timers)
                 self._apply_curriculum(observed)
                 return Sample(apply_kept_tokens(batch, out), out, {}, generated, spec)
             score = out.total if t.dynamic_sampling_metric == "reward" else out.correct.to(torch.float32)
@@ -98,6 +99,7 @@ class Sampler:
                 (kept if score[rows].std() > 0 else dropped).append((batch, out, rows))
             if len(kept) >= self.quota or rounds >= t.max_sample_rounds:
                 break
+        self._rank_done(timers)
         chosen, stats = self._choose(kept, dropped)
         stats |= {"rollout/sample_rounds": rounds, "rollout/kept_group_frac": len(kept) / (len(kept) + len(dropped))}
         self._apply_curriculum(observed)
@@ -125,6 +127,11 @@ class Sampler:
         return out
 
     # ------------------------------------------------------------------ helpers
+    def _rank_done(self, timers: Timers) -> None:
+        if self.after_rollout is not None:
+            with timers("idle"):
+                self.after_rollout()
+
     def _choose(self, kept: list, dropped: list) -> tuple[list, dict]:
         """Kept groups up to the quota, a curriculum share of all-correct dropped groups, then dropped fillers."""
         easy_ids, stats = [], {}

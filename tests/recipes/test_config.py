@@ -77,6 +77,15 @@ def test_prompts_must_divide_over_ranks():
         validate(cfg, world_size=2)
 
 
+def test_dynamic_sampling_with_a_stateful_reward_needs_one_rank():
+    # the state is gathered after every sampling round, and with dynamic sampling ranks may run different numbers
+    cfg, _ = load("tiny_hapo", ["trainer.dynamic_sampling=true"])
+    validate(cfg, world_size=1)
+    with pytest.raises(ValueError, match=r"dynamic_sampling=true with the stateful reward term\(s\) \['hapo'\]"):
+        validate(cfg, world_size=2)
+    validate(load("tiny_dler", [])[0], world_size=2)  # stateless terms: each rank samples as long as it needs
+
+
 def test_launch_fails_on_unknown_key_before_heavy_imports():
     # fails before vLLM, DeepSpeed or any model is touched (that is what keeps it to seconds)
     code = ("import sys, launch\n"

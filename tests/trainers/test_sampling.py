@@ -1,0 +1,44 @@
+"""The sample phase on a real engine: with dynamic sampling a rank runs as many rounds as it needs, and the hook of
+the drafter's idle window (a collective with several ranks) runs once per step, after the rank's last round, so
+ranks that ran different numbers of rounds still post it the same number of times."""
+from dataclasses import replace
+
+import pytest
+from transformers import AutoTokenizer
+
+from recipes.loader import load
+from recipes.tasks import arith
+from rollout.vllm_engine import VLLMEngine
+from trainers.data import to_prompts
+from trainers.metrics import Timers
+from trainers.sampling import Sampler
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(base_model_dir):
+    cfg, _ = load("tiny_dler", [f"model.path={base_model_dir}", "drafter.enabled=false"])
+    return VLLMEngine(base_model_dir, replace(cfg.rollout, kv_cache_memory_bytes=64 * 2**20), seed=0)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_idle_window_opens_once_after_the_ranks_last_round(base_model_dir, engine, dynamic):
+    # a 4-token cap truncates every completion, so every group scores 0 (truncation: zero) and has no spread:
+    # dynamic sampling drops them all and runs every round it may
+    cfg, _ = load("tiny_dler", [f"model.path={base_model_dir}", "rollout.max_tokens=4", "rollout.n=2",
+                                "trainer.prompts_per_step=4", "trainer.max_sample_rounds=3",
+                                f"trainer.dynamic_sampling={str(dynamic).lower()}"])
+    train, _ = arith.make_splits(0, 32, 4)
+    sampler = Sampler(cfg, engine, AutoTokenizer.from_pretrained(base_model_dir),
+                      to_prompts(train, engine.tokenizer, cfg.data), rank=0, world_size=1)
+    sample_calls, rounds_at_idle = [], []
+    sampler.after_rollout = lambda: rounds_at_idle.append(len(sample_calls))
+    stock = sampler.rollout
+    sampler.rollout = lambda *a, **k: sample_calls.append(1) or stock(*a, **k)
+    timers = Timers()
+    sample = sampler.sample(1, timers)
+    assert bool(sample.batch.truncated.all()) and float(sample.rewards.total.abs().sum()) == 0.0
+    assert len(sample_calls) == (3 if dynamic else 1)
+    assert rounds_at_idle == [len(sample_calls)]  # once, after the last round
+    assert "idle" in timers.seconds and (sample.stats.get("rollout/sample_rounds") == 3 if dynamic else True)
