@@ -305,6 +305,13 @@ class VLLMEngine:
         if self.controller is not None and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
 
+    def close(self) -> None:
+        """Shut the in-process engine down now rather than at interpreter exit (its start froze the garbage
+        collector's view of it, so dropping the last reference does not free it). vLLM's teardown destroys the
+        default process group with its own; a caller that goes on to use ``torch.distributed`` (DeepSpeed) must
+        make a new one (``trainers.distributed.init``). Idempotent."""
+        self.llm.llm_engine.engine_core.shutdown()
+
 
 @dataclass
 class _Completion:

@@ -47,7 +47,7 @@ def init(backend: str = "auto", local_rank: int | None = None) -> Dist:
     device = torch.device("cuda", lr) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if not cuda:
+    else:
         share_cpu_threads()
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)

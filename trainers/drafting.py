@@ -90,9 +90,10 @@ class DrafterPhase:
             self.drafter.run(True)  # from the first step on (after the warm start, or after a resume)
 
     def idle_train(self) -> None:
-        """Called right after each of this rank's rollouts. Several ranks: post an asynchronous all-reduce that
-        completes when every rank has finished its rollout, and train until it does (every rank posts it, also one
-        with nothing to train: the collectives must match). One rank: nothing (no one to wait for)."""
+        """Called once per RL step, right after this rank's last rollout (with dynamic sampling, its last round).
+        Several ranks: post an asynchronous all-reduce that completes when every rank has finished its rollout, and
+        train until it does (every rank posts it once a step, also one with nothing to train: the collectives must
+        match). One rank: nothing (no one to wait for)."""
         if self.world_size == 1:
             return
         work = dist.all_reduce(torch.ones(1), async_op=True)

@@ -4,6 +4,7 @@ ranks that ran different numbers of rounds still post it the same number of time
 from dataclasses import replace
 
 import pytest
+import torch.distributed as dist
 from transformers import AutoTokenizer
 
 from recipes.loader import load
@@ -19,7 +20,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def engine(base_model_dir):
     cfg, _ = load("tiny_dler", [f"model.path={base_model_dir}", "drafter.enabled=false"])
-    return VLLMEngine(base_model_dir, replace(cfg.rollout, kv_cache_memory_bytes=64 * 2**20), seed=0)
+    eng = VLLMEngine(base_model_dir, replace(cfg.rollout, kv_cache_memory_bytes=64 * 2**20), seed=0)
+    yield eng
+    # shut the engine down here, not at exit: its shutdown destroys the default process group, which the next
+    # module's DeepSpeed engines would be using by then
+    eng.close()
+    assert not dist.is_initialized()
 
 
 @pytest.mark.parametrize("dynamic", [True, False])
