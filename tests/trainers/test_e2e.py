@@ -105,3 +105,30 @@ def test_lora_on_two_ranks_syncs_merged_weights(base_model_dir, tmp_path, run_cm
     ckpt = out / "checkpoints" / "step_2" / "policy" / "deepspeed"
     model_state = torch.load(next(ckpt.glob("*model_states.pt")), weights_only=False)["module"]
     assert model_state and all("lora_" in k for k in model_state)  # adapter only, no frozen base weights
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
+def test_drafter_on_two_ranks_trains_in_idle_windows_and_averages(base_model_dir, tmp_path, run_cmd):
+    """The drafter's multi-rank mode with dynamic sampling (ranks may run different numbers of sampling rounds; the
+    idle window's all-reduce must still pair up): each rank trains in its idle window, the ranks' drafters are
+    averaged into one (both ranks export the same weights), and speculation runs with it."""
+    out = tmp_path / "draft2"
+    run_cmd(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "launch.py", "recipe=tiny_dler",
+             "trainer.prompts_per_step=8", "rollout.n=4", "trainer.micro_batch_size=8", "trainer.max_steps=3",
+             "data.n_eval=16", "eval.samples=1", "eval.max_tokens=128", "rollout.kv_cache_memory_bytes=134217728",
+             "drafter.warmup_steps=20", "drafter.warmup_prompts=8", "drafter.final_steps=2", "drafter.report_calls=0",
+             f"run.output_dir={out}", "logging.wandb=false", "logging.progress=false"])
+    import torch
+    from safetensors.torch import load_file
+
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all("rollout/sample_rounds" in m for m in metrics)
+    assert all(m["time/idle_s"] >= 0 for m in metrics) and sum(m["spec/drafts"] for m in metrics) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["ranks"] == 2 and summary["drafter"]["version"] >= 1
+    ranks = [load_file(out / "drafter" / f"rank{r}" / "current" / "model.safetensors") for r in (0, 1)]
+    assert set(ranks[0]) == set(ranks[1])
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # averaged (each warmed on its own prompts)
+    v0 = load_file(out / "drafter" / "rank0" / "v0" / "model.safetensors")
+    assert any(not torch.equal(v0[k], ranks[0][k]) for k in v0)  # and trained
