@@ -72,9 +72,14 @@ def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
     return deco
 
 
+def stateful_terms(cfg: RewardConfig) -> list[str]:
+    """The terms of ``cfg`` that keep state across steps (their state is gathered over ranks every sampling round)."""
+    return [name for name in cfg.terms if name in STATE_TYPES]
+
+
 def make_states(cfg: RewardConfig) -> dict[str, object]:
     """Fresh state objects for the stateful terms ``cfg`` uses (the trainer checkpoints them)."""
-    return {name: STATE_TYPES[name](cfg) for name in cfg.terms if name in STATE_TYPES}
+    return {name: STATE_TYPES[name](cfg) for name in stateful_terms(cfg)}
 
 
 def needs_token_offsets(cfg: RewardConfig) -> bool:

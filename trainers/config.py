@@ -189,7 +189,7 @@ class Config:
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Cross-field rules, checked before any model is loaded. Raises ValueError naming the fields."""
-    from rewards.registry import STATE_TYPES, check_names, resolve_verifier
+    from rewards.registry import check_names, resolve_verifier, stateful_terms
 
     check_names(cfg.reward)  # unknown terms / transforms, user terms ("module:function") importable
     resolve_verifier(cfg.reward.correctness.verifier)
@@ -239,7 +239,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         _one_of("reward.transforms", name, TRANSFORMS)
     if cfg.reward.difficulty_cap_threshold > 0 and cfg.reward.truncation == "none":
         raise ValueError("reward.difficulty_cap_threshold > 0 does nothing with reward.truncation=none: set zero|scale")
-    stateful = sorted(set(cfg.reward.terms) & set(STATE_TYPES))
+    stateful = sorted(stateful_terms(cfg.reward))
     if t.dynamic_sampling and stateful and world_size > 1:
         raise ValueError(f"trainer.dynamic_sampling=true with the stateful reward term(s) {stateful} on {world_size} "
                          "ranks: the terms' state is gathered over ranks after every sampling round, and with dynamic "
