@@ -9,7 +9,8 @@ before RL step 1), the same held-out prompts, temperature 1, per-request seeds. 
 are generated in consecutive calls of b prompts (repeated with fresh seeds until there are ``--min-calls`` calls: a
 large-batch call lasts as long as its longest completion, so one call is one noisy sample), alternating call by
 call between an engine without speculation and one with the drafter (adaptive K per batch size, the trainer's
-default), so machine noise hits both alike. Before measuring a batch size, calibration calls at that size let the
+default), so machine noise hits both alike. Before measuring a batch size, one uncounted call warms the engine
+without speculation at that size (an engine's first call pays one-time costs), and calibration calls let the
 speculation controller learn its goodput table until it has measured every K there (the trainer's engines learn it
 during the first rollouts the same way, and keep it in their checkpoints); right before, because the controller's
 acceptance is pooled over batch sizes and the long stragglers that finish a large-batch call draft worse than fresh
@@ -126,6 +127,16 @@ def _calibrate(spec, prompts, b: int, args, max_passes: int = 4) -> int:
     return calls
 
 
+def _warm(plain, prompts, b: int, args) -> None:
+    """One uncounted call of b prompts on the engine without speculation, as calibration is for the other: an
+    engine's first generate call pays one-time costs (measured: its first forward 1.5 s, later prefills 8 ms), which
+    would otherwise land in the first batch size's plain time and inflate that ratio."""
+    from rollout.types import SamplingSpec
+
+    plain.generate(prompts[:b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0,
+                                             seed=args.seed * 1000 + 10**6 * 99))
+
+
 def _per_position(engine) -> list[int]:
     """vLLM's cumulative accepted-token counts per draft position (summed by the engine's step meter)."""
     return list(engine.meter.accepted_per_pos)
@@ -172,6 +183,7 @@ def main() -> None:
     rows_out = []
     for b in sizes:  # calibrate right before measuring: a batch size's tails would skew the next one's acceptance
         calls = _calibrate(spec, prompts, b, args)
+        _warm(plain, prompts, b, args)
         rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens, "

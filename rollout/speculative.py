@@ -274,6 +274,26 @@ def _next_seeds(gen: torch.Generator, n: int) -> torch.Tensor:
     return torch.randint(0, 2**31, (n,), generator=gen, dtype=torch.long)
 
 
+def temperature_only(sm) -> bool:
+    """Whether a batch's sampling applies nothing to the logits but temperature: no penalties, bad words, allowed-token
+    mask, top-k / top-p, thinking budget, and vLLM's built-in logits processors (min-p, logit bias, min-tokens) idle
+    for every request. Any other processor counts as active. Then vLLM's processed logits (for the draft positions:
+    ``apply_logits_processors`` + ``apply_sampling_constraints``; for the bonus position: its sampler) are exactly
+    ``logits / temperature`` (greedy requests: / 1), one division, which the coupled verification computes directly."""
+    from vllm.v1.sample.logits_processor.builtin import (LogitBiasLogitsProcessor, MinPLogitsProcessor,
+                                                         MinTokensLogitsProcessor)
+
+    if (not sm.no_penalties or sm.bad_words_token_ids or sm.allowed_token_ids_mask is not None
+            or sm.top_k is not None or sm.top_p is not None):
+        return False
+    holder = sm.thinking_budget_state_holder
+    if holder is not None and holder.has_tracked_requests():
+        return False
+    idle = {MinPLogitsProcessor: lambda p: not p.min_p_count, LogitBiasLogitsProcessor: lambda p: not p.biases,
+            MinTokensLogitsProcessor: lambda p: not p.min_toks}
+    return all(type(p) in idle and idle[type(p)](p) for p in sm.logitsprocs.all)
+
+
 def couple_sampling(runner) -> None:
     """Coupled speculative sampling: with the drafter, a seeded request samples exactly the tokens it samples without
     it, at any temperature. vLLM-CPU samples a request's n-th token as ``argmax(logits / T + G(s_n))``, with Gumbel
@@ -313,6 +333,7 @@ def couple_sampling(runner) -> None:
                            "noise and no synthetic acceptance (rollout.spec_sampling=rejection works without them)")
     gumbel_argmax = torch.ops._C.fused_gumbel_argmax
     stock_forward, stock_propose = sampler.forward, drafter.propose
+    runner.laconic_rows_fast = None  # whether the last verification took the temperature-only path (tests read it)
 
     def greedy_rows(sm, rows: int) -> list[bool]:
         """Which of the batch's requests sample greedily; every other one must have a seeded generator."""
@@ -330,17 +351,30 @@ def couple_sampling(runner) -> None:
         counts = metadata.num_draft_tokens
         batch = len(counts)
         greedy = greedy_rows(sm, batch)
-        # the bonus position's processed logits (its token is re-sampled below with its own seed: generators={})
-        bonus = sampler.sampler(logits=logits[metadata.bonus_logits_indices],
-                                sampling_metadata=dataclasses.replace(sm, max_num_logprobs=-1, generators={}),
-                                predict_bonus_token=True, logprobs_mode_override="processed_logits")
-        bonus_logits = bonus.logprobs_tensors.logprobs
-        target = logits[metadata.target_logits_indices].to(torch.float32)
-        target = sampler.apply_logits_processors(target, sm, metadata)
-        target = rs.apply_sampling_constraints(target, metadata.cu_num_draft_tokens, sm)
-        rows = torch.empty((logits.shape[0], logits.shape[1]), dtype=torch.float32, device=logits.device)
-        rows[metadata.target_logits_indices] = target
-        rows[metadata.bonus_logits_indices] = bonus_logits.to(torch.float32)
+        if sm.max_num_logprobs in (None, 0) and temperature_only(sm):
+            # what both paths below compute when temperature is the only processing: each row / its temperature
+            temp = sm.temperature[:batch]
+            if not sm.all_random:
+                temp = torch.where(temp < _SAMPLING_EPS, 1.0, temp)
+            if min(counts) == max(counts):  # every request k drafts: rows are a [batch, k + 1] grid (a view: cheaper)
+                rows = (logits.to(torch.float32).view(batch, counts[0] + 1, -1) / temp.view(batch, 1, 1)).flatten(0, 1)
+            else:
+                temp = torch.tensor([t for t, k in zip(temp.tolist(), counts) for _ in range(k + 1)],
+                                    device=temp.device)
+                rows = logits.to(torch.float32) / temp.unsqueeze(1)
+            target = bonus_logits = None
+        else:  # the bonus position's processed logits (its token is re-sampled below with its own seed)
+            bonus = sampler.sampler(logits=logits[metadata.bonus_logits_indices],
+                                    sampling_metadata=dataclasses.replace(sm, max_num_logprobs=-1, generators={}),
+                                    predict_bonus_token=True, logprobs_mode_override="processed_logits")
+            bonus_logits = bonus.logprobs_tensors.logprobs
+            target = logits[metadata.target_logits_indices].to(torch.float32)
+            target = sampler.apply_logits_processors(target, sm, metadata)
+            target = rs.apply_sampling_constraints(target, metadata.cu_num_draft_tokens, sm)
+            rows = torch.empty((logits.shape[0], logits.shape[1]), dtype=torch.float32, device=logits.device)
+            rows[metadata.target_logits_indices] = target
+            rows[metadata.bonus_logits_indices] = bonus_logits.to(torch.float32)
+        runner.laconic_rows_fast = target is None
         seeds = torch.zeros(rows.shape[0], dtype=torch.long)
         states: dict[int, torch.Tensor] = {}
         start = 0
@@ -384,15 +418,16 @@ def couple_sampling(runner) -> None:
         from vllm.v1.outputs import LogprobsTensors
 
         width = out.shape[1]
-        starts, start = [], 0
-        for k in counts:
-            starts.append(start)
-            start += k + 1
-        idx = (torch.tensor(starts, dtype=torch.long).unsqueeze(1) + torch.arange(width)).flatten()
-        idx.clamp_(max=rows.shape[0] - 1)
+        if rows.shape[0] != len(counts) * width:  # not every request drafted max_spec_len tokens: pick its positions
+            starts, start = [], 0
+            for k in counts:
+                starts.append(start)
+                start += k + 1
+            idx = (torch.tensor(starts, dtype=torch.long).unsqueeze(1) + torch.arange(width)).flatten()
+            rows = rows[idx.clamp_(max=rows.shape[0] - 1)]
         tokens = out.flatten().to(torch.long)
         tokens[tokens == rs.PLACEHOLDER_TOKEN_ID] = 0
-        lsm = rows[idx].log_softmax(dim=-1, dtype=torch.float32)
+        lsm = rows.log_softmax(dim=-1, dtype=torch.float32)
         token_lps = lsm.gather(-1, tokens.unsqueeze(-1))
         return LogprobsTensors(tokens.unsqueeze(-1).to(torch.int32), token_lps, (lsm >= token_lps).sum(-1))
 
@@ -414,10 +449,10 @@ def couple_sampling(runner) -> None:
         if drafter.laconic_draft_seeds is None:  # the next K draws of each generator, peeked (nothing consumed)
             greedy_rows(sm, batch)  # raises for an unseeded sampled request
             k = drafter.num_speculative_tokens
-            seeds = torch.zeros((batch, k), dtype=torch.long)
+            seeds = torch.zeros((k, batch), dtype=torch.long)  # draft j's seeds: row j (contiguous)
             for i, gen in sm.generators.items():
                 state = gen.get_state()
-                seeds[i] = _next_seeds(gen, k)
+                seeds[:, i] = _next_seeds(gen, k)
                 gen.set_state(state)
             drafter.laconic_draft_seeds = seeds.to(logits.device)
         temp = sm.temperature
@@ -425,7 +460,7 @@ def couple_sampling(runner) -> None:
             greedy = temp < _SAMPLING_EPS
             temp = torch.where(greedy, torch.ones_like(temp), temp)
         logits = logits.div_(temp.unsqueeze(1))
-        ids = gumbel_argmax(logits, drafter.laconic_draft_seeds[:, j].contiguous()).long()
+        ids = gumbel_argmax(logits, drafter.laconic_draft_seeds[j]).long()
         if not sm.all_random:
             ids = torch.where(greedy, logits.argmax(dim=-1), ids)
         return ids, None

@@ -164,6 +164,65 @@ def test_coupled_sampling_is_token_identical_to_plain_at_temperature_one(setup):
     assert same < 0.7 * len(a.texts), same
 
 
+@pytest.mark.parametrize("temperature,top_p,fast", [(0.7, 1.0, True), (1.0, 0.9, False)])
+def test_coupled_sampling_is_token_identical_at_other_temperatures_and_top_p(setup, temperature, top_p, fast):
+    """Coupled verification computes the processed logits itself (one division) when temperature is all the batch's
+    sampling applies, and through vLLM's processing otherwise (here top-p): either way the tokens and log-probs are
+    exactly the plain engine's, and the path taken is the expected one."""
+    spec = SamplingSpec(n=300, max_tokens=48, temperature=temperature, top_p=top_p, seed=23)
+    runner = setup["spec"].llm.collective_rpc(lambda w: w.model_runner)[0]
+    runner.laconic_rows_fast = None
+    a, b = setup["plain"].generate([setup["prompts"][1]], spec), setup["spec"].generate([setup["prompts"][1]], spec)
+    assert b.spec.accepted_tokens > 0.2 * b.spec.draft_tokens
+    assert runner.laconic_rows_fast is fast
+    assert b.completion_ids.tolist() == a.completion_ids.tolist()
+    m = a.completion_mask
+    assert (a.sampler_logprobs[m] - b.sampler_logprobs[m]).abs().max() < 1e-4
+
+
+def test_coupled_sampling_with_requests_joining_mid_rollout(setup):
+    """A step that verifies some requests' drafts while prefilling others (requests added while others decode: the
+    drafts per request differ within the step) still samples exactly the plain engine's tokens and log-probs."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    from rollout.vllm_engine import sampled_logprobs
+
+    prompts = setup["prompts"][2:7]
+    params = [SamplingParams(n=1, temperature=1.0, max_tokens=40, seed=100 + i, logprobs=0, flat_logprobs=True,
+                             output_kind=RequestOutputKind.FINAL_ONLY) for i in range(len(prompts))]
+    reqs = [TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
+    want = setup["plain"].llm.generate(reqs, sampling_params=params, use_tqdm=False)
+    runner = setup["spec"].llm.collective_rpc(lambda w: w.model_runner)[0]
+    rs, counts = runner.rejection_sampler, []
+    verify = rs.forward
+
+    def recording(metadata, *args):
+        counts.append(list(metadata.num_draft_tokens))
+        return verify(metadata, *args)
+
+    engine, got = setup["spec"].llm.llm_engine, {}
+    rs.forward = recording
+    try:
+        for i in range(3):
+            engine.add_request(f"join-{i}", reqs[i], params[i])
+        for _ in range(4):
+            got |= {o.request_id: o for o in engine.step() if o.finished}
+        for i in range(3, len(reqs)):
+            engine.add_request(f"join-{i}", reqs[i], params[i])
+        while engine.has_unfinished_requests():
+            got |= {o.request_id: o for o in engine.step() if o.finished}
+    finally:
+        rs.forward = verify
+    assert any(min(c) < max(c) for c in counts), counts  # a step with unequal drafts per request was verified
+    for i, w in enumerate(want):
+        o = got[f"join-{i}"].outputs[0]
+        assert list(o.token_ids) == list(w.outputs[0].token_ids), i
+        lp, lw = sampled_logprobs(o.logprobs, o.token_ids), sampled_logprobs(w.outputs[0].logprobs, o.token_ids)
+        assert (lp - lw).abs().max() < 1e-4, i
+
+
 UNPATCHED = """
 import os, sys, json
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
