@@ -10,6 +10,7 @@ A failing probe on any other version is not patched: the engine refuses to specu
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -280,18 +281,25 @@ def temperature_only(sm) -> bool:
     for every request. Any other processor counts as active. Then vLLM's processed logits (for the draft positions:
     ``apply_logits_processors`` + ``apply_sampling_constraints``; for the bonus position: its sampler) are exactly
     ``logits / temperature`` (greedy requests: / 1), one division, which the coupled verification computes directly."""
-    from vllm.v1.sample.logits_processor.builtin import (LogitBiasLogitsProcessor, MinPLogitsProcessor,
-                                                         MinTokensLogitsProcessor)
-
     if (not sm.no_penalties or sm.bad_words_token_ids or sm.allowed_token_ids_mask is not None
             or sm.top_k is not None or sm.top_p is not None):
         return False
     holder = sm.thinking_budget_state_holder
     if holder is not None and holder.has_tracked_requests():
         return False
-    idle = {MinPLogitsProcessor: lambda p: not p.min_p_count, LogitBiasLogitsProcessor: lambda p: not p.biases,
-            MinTokensLogitsProcessor: lambda p: not p.min_toks}
+    idle = _idle_checks()
     return all(type(p) in idle and idle[type(p)](p) for p in sm.logitsprocs.all)
+
+
+@functools.cache
+def _idle_checks() -> dict:
+    """vLLM's built-in logits processor classes -> whether one is idle for every request of the batch (built once:
+    :func:`temperature_only` runs on every verification step)."""
+    from vllm.v1.sample.logits_processor.builtin import (LogitBiasLogitsProcessor, MinPLogitsProcessor,
+                                                         MinTokensLogitsProcessor)
+
+    return {MinPLogitsProcessor: lambda p: not p.min_p_count, LogitBiasLogitsProcessor: lambda p: not p.biases,
+            MinTokensLogitsProcessor: lambda p: not p.min_toks}
 
 
 def couple_sampling(runner) -> None:
@@ -358,10 +366,9 @@ def couple_sampling(runner) -> None:
                 temp = torch.where(temp < _SAMPLING_EPS, 1.0, temp)
             if min(counts) == max(counts):  # every request k drafts: rows are a [batch, k + 1] grid (a view: cheaper)
                 rows = (logits.to(torch.float32).view(batch, counts[0] + 1, -1) / temp.view(batch, 1, 1)).flatten(0, 1)
-            else:
-                temp = torch.tensor([t for t, k in zip(temp.tolist(), counts) for _ in range(k + 1)],
-                                    device=temp.device)
-                rows = logits.to(torch.float32) / temp.unsqueeze(1)
+            else:  # request i's temperature over its k_i + 1 rows
+                cu = (torch.tensor(counts, device=temp.device) + 1).cumsum(0)
+                rows = logits.to(torch.float32) / expand_reference(temp, cu, logits.shape[0]).unsqueeze(1)
             target = bonus_logits = None
         else:  # the bonus position's processed logits (its token is re-sampled below with its own seed)
             bonus = sampler.sampler(logits=logits[metadata.bonus_logits_indices],
