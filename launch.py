@@ -69,10 +69,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     if cfg.job == "sft":
         print(f"base model ready: {resolve_model(cfg)}")
         return None
+    from trainers.run import console
+
+    with console.quiet(cfg.logging.verbose):  # third-party output -> the run folder's console.log
+        return _run(cfg, yaml_text, local_rank)
+
+
+def _run(cfg, yaml_text: str, local_rank: int | None) -> dict:
     from recipes.tasks.data import load_task
-    from trainers.runlog import preflight
+    from trainers.run.checkpoint import check_resume
+    from trainers.run.console import say
+    from trainers.run.runlog import preflight
 
     try:  # everything cheap is checked before a model is built or loaded
+        check_resume(cfg.run.resume)
+    except ValueError as e:
+        raise SystemExit(f"laconic: config error: {e}") from None
+    try:
         if cfg.run.output_dir:
             preflight(cfg.run.output_dir, cfg.run.min_free_mb, cfg.run.resume)
         else:
@@ -96,15 +109,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         trainer.tracker.finish()
         raise SystemExit(f"laconic: run stopped at step {trainer.step}: {e}") from None
     if trainer.d.is_main:
-        print(_report(summary, trainer.run.path))
+        say(_report(summary, trainer.run.path))
     return summary
 
 
 def command(name: str, argv: list[str]):
-    """``export`` / ``eval`` (:mod:`trainers.commands`): a bad argument or path exits with one clear line, before
+    """``export`` / ``eval`` (:mod:`trainers.cli.commands`): a bad argument or path exits with one clear line, before
     anything heavy is loaded; a failed push says the local export is intact."""
     from recipes.loader import ConfigError
-    from trainers.commands import CommandError, ExportError, export_command, show_help
+    from trainers.cli.commands import CommandError, ExportError, export_command, show_help
 
     if argv[:1] in (["-h"], ["--help"]):
         show_help(name)
@@ -115,7 +128,7 @@ def command(name: str, argv: list[str]):
         models, cfg, rows, data_name, out = _prepare_eval(argv)
     except (CommandError, ExportError, ConfigError) as e:
         raise SystemExit(f"laconic {name}: {e}") from None
-    from trainers.commands import evaluate_models
+    from trainers.cli.commands import evaluate_models
 
     return evaluate_models(models, cfg, rows, data_name, out)
 
@@ -124,7 +137,7 @@ def _prepare_eval(argv: list[str]) -> tuple:
     """-> (models, config, held-out rows, data set name, output folder), everything checked."""
     from recipes.loader import load
     from recipes.tasks.data import heldout_rows
-    from trainers import commands as c
+    from trainers.cli import commands as c
 
     a, overrides = c.parse_args(c.EvalArgs, argv, "eval", config_keys=True)
     models = c.eval_models(a)

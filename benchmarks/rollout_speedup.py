@@ -18,7 +18,7 @@ requests (seen: after the batch-64 calibration, K = 1 chosen at batch 4 and 1.25
 the ratio, the mean acceptance length, the K the controller settled on and the calibration calls it took;
 ``--json PATH`` writes the same numbers. ``--compiled`` builds both engines with ``enforce_eager=False`` (vLLM's
 torch.compile of target and drafter, ~15 s more per engine start) instead of the project's eager default: plain
-decoding gains more from it than speculation does, so the ratio is lower there (see the README).
+decoding gains more from it than speculation does, so the ratio is lower there (benchmarks/README.md).
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ seconds, completion tokens per step (TRL: ``completions/mean_length`` x P x N), 
 seconds per 1k completion tokens (lengths drift apart as the two policies train, and decode time follows length).
 Ratios are TRL / Laconic. The machine's load average is printed: numbers from a busy machine are noisy.
 
-RESULTS (2-core CPU; fill in from the final run)
+Results on the 2-core CPU: benchmarks/README.md.
 """
 from __future__ import annotations
 

@@ -43,3 +43,28 @@ class DrafterConfig:
     report_batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
     draft_layers: int = 1  # draft_model: decoder layers of the standalone draft LM
     draft_hidden: int = 0  # draft_model: hidden size (0 = the policy's)
+
+
+def validate(cfg: DrafterConfig, max_model_len: int) -> None:
+    """Rules of ``drafter.*`` (checked when the drafter is enabled); ``max_model_len`` is the rollout engine's
+    context, which bounds the warm start's cap. Raises ValueError naming the field."""
+    from laconic.registry import one_of
+
+    one_of("drafter.method", cfg.method, ("eagle", "draft_model"))
+    for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step", "max_steps_per_update",
+                 "train_depth", "train_chains"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"drafter.{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.final_steps < 0:
+        raise ValueError(f"drafter.final_steps={cfg.final_steps} must be >= 0 (0 = no final fit)")
+    if cfg.final_prompts < 0:
+        raise ValueError(f"drafter.final_prompts={cfg.final_prompts} must be >= 0 (0 = the replay window only)")
+    if cfg.warmup_max_tokens < 0:
+        raise ValueError(f"drafter.warmup_max_tokens={cfg.warmup_max_tokens} must be >= 0 (0 = rollout.max_tokens)")
+    if cfg.report_calls < 0:
+        raise ValueError(f"drafter.report_calls={cfg.report_calls} must be >= 0 (0 = no end-of-run measurement)")
+    if cfg.report_calls and (not cfg.report_batch_sizes or min(cfg.report_batch_sizes) < 1):
+        raise ValueError(f"drafter.report_batch_sizes={cfg.report_batch_sizes} must be batch sizes >= 1")
+    if cfg.warmup_max_tokens >= max_model_len:
+        raise ValueError(f"drafter.warmup_max_tokens={cfg.warmup_max_tokens} must be < rollout.max_model_len="
+                         f"{max_model_len}")

@@ -94,3 +94,16 @@ class RewardConfig:
     decs_curriculum: DECSCurriculumConfig = field(default_factory=DECSCurriculumConfig)  # DECS curriculum schedule
     dot: DOTConfig = field(default_factory=DOTConfig)  # DOT rollout transform
     ceeh: CEEHConfig = field(default_factory=CEEHConfig)  # CEEH length term
+
+
+def validate(cfg: RewardConfig) -> None:
+    """Rules of ``reward.*`` alone: every name registered (or an importable user function), every parameter in
+    range. Raises ValueError / KeyError naming the field."""
+    from laconic.registry import one_of
+    from rewards.registry import check_names, resolve_verifier
+
+    check_names(cfg)  # unknown terms / transforms / truncation rule, user terms ("module:function") importable
+    resolve_verifier(cfg.correctness.verifier)
+    if cfg.timeout_s < 0:
+        raise ValueError(f"reward.timeout_s={cfg.timeout_s} must be >= 0 (0 = no per-call timeout)")
+    one_of("reward.hapo.mode", cfg.hapo.mode, ("min", "mean"))

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 MAX_REPORTS = 3  # failures printed per function and kind (raised / timed out); the rest are only counted
 _reported: dict[str, int] = {}
@@ -44,6 +44,15 @@ def _on_alarm(signum, frame):
     raise _Timeout()
 
 
+# where Laconic's own notices go: None = sys.stderr at the time of the call; a run's quiet console
+# (trainers.run.console) points it at the terminal while third-party output goes to the run folder's log
+NOTICES: TextIO | None = None
+
+
+def notice(message: str) -> None:
+    print(message, file=NOTICES or sys.stderr, flush=True)
+
+
 def guarded(fn: Callable, args: tuple, timeout_s: float, name: str, where: str = "",
             own_timer: bool = False) -> Any:
     """``fn(*args)``, or :class:`CallFailed` when it raises or runs past ``timeout_s`` (0 = no timeout)."""
@@ -51,8 +60,8 @@ def guarded(fn: Callable, args: tuple, timeout_s: float, name: str, where: str =
     timed = timeout_s > 0 and not own_timer
     if timed and threading.current_thread() is not threading.main_thread():
         if not _warned_thread:
-            print("laconic: reward calls outside the main thread run without reward.timeout_s (SIGALRM needs the "
-                  "main thread); exceptions are still caught", file=sys.stderr)
+            notice("laconic: reward calls outside the main thread run without reward.timeout_s (SIGALRM needs the "
+                   "main thread); exceptions are still caught")
             _warned_thread = True
         timed = False
     previous = None
@@ -82,8 +91,7 @@ def _report(name: str, where: str, reason: str) -> None:
     _reported[key] = n + 1
     if n < MAX_REPORTS:
         more = " (further failures of it are only counted in reward/errors)" if n == MAX_REPORTS - 1 else ""
-        print(f"laconic: reward function {name!r} {reason}{' on ' + where if where else ''}; scored 0{more}",
-              file=sys.stderr)
+        notice(f"laconic: reward function {name!r} {reason}{' on ' + where if where else ''}; scored 0{more}")
 
 
 def load_function(spec: str, field: str) -> Callable:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from laconic.registry import Registry, suggest
 from rewards.config import RewardConfig
 from rewards.groups import group_mean
 from rewards.types import RewardInput, RewardOutput
@@ -25,11 +26,11 @@ from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
 TransformFn = Callable[[RewardInput, RewardConfig], RewardInput]
-TERMS: dict[str, TermFn] = {}
+TERMS: Registry = Registry("reward term")
 STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
 TOKEN_LEVEL: set[str] = set()  # terms returning [B,T] token rewards instead of [B]
-TRANSFORMS: dict[str, TransformFn] = {}
-_USER: dict[str, Callable] = {}  # user verifiers / terms named "module:function", loaded once  # rollout transforms: verified input -> rewritten, re-verified input
+TRANSFORMS: Registry = Registry("rollout transform")  # verified input -> rewritten, re-verified input
+_USER: dict[str, Callable] = {}  # user verifiers / terms named "module:function", loaded once
 TRUNCATION: dict[str, Callable[[torch.Tensor, torch.Tensor, RewardConfig], torch.Tensor]] = {
     "none": lambda r, cut, cfg: r,
     "zero": lambda r, cut, cfg: torch.where(cut, torch.zeros_like(r), r),  # DLER paper: truncated -> reward 0
@@ -45,9 +46,7 @@ def register_term(name: str, state: type | None = None, token_level: bool = Fals
     """
 
     def deco(fn: TermFn) -> TermFn:
-        if name in TERMS:
-            raise ValueError(f"reward term {name!r} is already registered by {TERMS[name].__module__}")
-        TERMS[name] = fn
+        TERMS.add(name, fn)
         if token_level:
             TOKEN_LEVEL.add(name)
         if state is not None:
@@ -64,9 +63,7 @@ def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
     tokens kept), ``token_offsets`` and re-verified ``correct``. It never changes the number of rows."""
 
     def deco(fn: TransformFn) -> TransformFn:
-        if name in TRANSFORMS:
-            raise ValueError(f"rollout transform {name!r} is already registered by {TRANSFORMS[name].__module__}")
-        TRANSFORMS[name] = fn
+        TRANSFORMS.add(name, fn)
         return fn
 
     return deco
@@ -114,7 +111,7 @@ def resolve_verifier(verifier: str):
         return user_function(verifier, "reward.correctness.verifier")
     if verifier not in VERIFIERS:
         raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)} or name "
-                       "a function as 'module:function'")
+                       f"a function as 'module:function'{suggest(verifier, VERIFIERS)}")
     return VERIFIERS[verifier]
 
 
@@ -193,10 +190,12 @@ def check_names(cfg: RewardConfig) -> None:
             user_function(name, f"reward.terms[{name!r}]")
     unknown = sorted(n for n in set(cfg.terms) - set(TERMS) if not is_user_function(n))
     if unknown:
-        raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}")
+        raise KeyError(f"reward.terms names unknown term(s) {unknown}; registered: {sorted(TERMS)}"
+                       f"{suggest(unknown[0], TERMS)}")
     unknown = sorted(set(cfg.transforms) - set(TRANSFORMS))
     if unknown:
-        raise KeyError(f"reward.transforms names unknown transform(s) {unknown}; registered: {sorted(TRANSFORMS)}")
+        raise KeyError(f"reward.transforms names unknown transform(s) {unknown}; registered: {sorted(TRANSFORMS)}"
+                       f"{suggest(unknown[0], TRANSFORMS)}")
     if "decs" in cfg.terms or cfg.decs_curriculum.enabled:
         from rewards.decs import detector_fn
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from laconic.registry import Registry
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 ANSWER_PREFIX = "Answer:"
@@ -96,5 +98,7 @@ def math_equal(text: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
     return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout_s))
 
 
-VERIFIERS = {"exact_integer": exact_integer, "math": math_equivalent}
+VERIFIERS = Registry("verifier")
+VERIFIERS.add("exact_integer", exact_integer)
+VERIFIERS.add("math", math_equivalent)
 SELF_TIMED = {"math"}  # verifiers running their own SIGALRM timers (rewards.guard must not replace them)

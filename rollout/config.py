@@ -28,3 +28,21 @@ class RolloutConfig:
     # vLLM's rejection sampling (lossless in distribution; which sample a seed gives depends on the drafts);
     # "auto" = coupled on CPU, rejection on GPU (whose sampler draws its noise differently)
     spec_sampling: str = "auto"
+
+
+def validate(cfg: RolloutConfig) -> None:
+    """Rules of ``rollout.*`` alone. Raises ValueError naming the field."""
+    for name in ("n", "max_tokens"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"rollout.{name}={getattr(cfg, name)} must be > 0")
+    if cfg.temperature <= 0:
+        raise ValueError(f"rollout.temperature={cfg.temperature} must be > 0: RL learns from sampled completions")
+    if cfg.max_tokens >= cfg.max_model_len:
+        raise ValueError(f"rollout.max_tokens={cfg.max_tokens} must be < rollout.max_model_len={cfg.max_model_len}")
+    if 0 < cfg.spec_explore_every < 3:
+        raise ValueError(f"rollout.spec_explore_every={cfg.spec_explore_every} must be 0 (no exploration) or >= 3 (an "
+                         "exploration lasts two steps)")
+    if cfg.spec_sampling not in ("auto", "coupled", "rejection"):
+        raise ValueError(f"rollout.spec_sampling={cfg.spec_sampling!r} must be 'auto', 'coupled' or 'rejection'")
+    if cfg.spec_handoff_max < 0:
+        raise ValueError(f"rollout.spec_handoff_max={cfg.spec_handoff_max} must be >= 0 (0 = never hand over)")

@@ -63,6 +63,6 @@ def base_model_dir() -> str:
 def one_rank():
     """This process's place in the live default group (made if there is none): per module, because a vLLM engine of
     an earlier test may have destroyed the group, or another library made a new one."""
-    from trainers import distributed
+    from trainers.backend import distributed
 
     return distributed.init("gloo")

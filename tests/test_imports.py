@@ -24,7 +24,7 @@ def test_every_room_module_imports_without_heavy_deps():
     code = BLOCK + """
 import pkgutil, importlib
 mods = []
-for room in ('kernels', 'rewards', 'rollout', 'drafters', 'trainers', 'recipes'):
+for room in ('laconic', 'kernels', 'rewards', 'rollout', 'drafters', 'trainers', 'recipes'):
     pkg = importlib.import_module(room)
     mods.append(room)
     for m in pkgutil.walk_packages(pkg.__path__, room + '.'):
@@ -39,7 +39,7 @@ try:
     VLLMEngine('/nonexistent', RolloutConfig())
 except ImportError as e:
     print('EDGE-ROLLOUT', e)
-from trainers.engine import TrainEngine
+from trainers.backend.engine import TrainEngine
 try:
     TrainEngine(None, None, None, 1, 1)
 except ImportError as e:

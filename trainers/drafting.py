@@ -1,21 +1,24 @@
-"""Step 6 of the RL step: the drafter, trained online on the policy's own rollouts, and its hot swap into vLLM.
+"""The drafter's phases of the RL step and its whole lifecycle: a speculator trained online on the policy's own
+rollouts and hot-swapped into vLLM.
 
-- **Data** comes from the trainer's forward over the step's rollouts (``Features`` -> ``DrafterBatch``): no second
-  forward pass. A replay window keeps the last ``drafter.replay_steps`` steps.
-- **When**: with several ranks, in the idle window of the rollout: a rank whose share of the rollout is done posts
-  an asynchronous all-reduce and trains the drafter until every rank has joined it (the last rank to finish joins at
-  once and does not train), then the ranks' drafters are averaged weighted by the steps each took. With one rank
-  there is no idle window: the drafter trains for a bounded budget (``drafter.budget_s``) after the update, or,
-  with ``drafter.background=true``, in a low-priority process of its own on the core the rollout leaves idle
-  (:mod:`drafters.background`), with nothing added to the step but the export and swap.
-- **Warm start**: before RL step 1 the drafter trains on base-model rollouts of a few training prompts (outside the
-  prompt stream, so the RL data order is the same with and without a drafter).
-- **Sync**: after the policy sync, the new drafter is exported and hot-swapped into the engine; the EAGLE head
-  keeps reading the policy's embedding and LM head, which the policy sync just refreshed.
+- **Warm start** (:meth:`DrafterPhase.warm_start`, before RL step 1): the drafter learns from base-model rollouts
+  of a few training prompts (outside the prompt stream, so the RL data order is the same with and without a drafter).
+- **Phase 2, idle window** (:meth:`DrafterPhase.idle_train`): with several ranks, a rank whose share of the rollout
+  is done posts an asynchronous all-reduce and trains the drafter on earlier steps' rows until every rank has joined
+  it (the last rank to finish joins at once and does not train). With one rank there is no idle window.
+- **Data**: phase 4's forward (or phase 6's first pass) returns the step's rows with the trainer's hidden states
+  (``DrafterBatch``): no second forward pass. A replay window keeps the last ``drafter.replay_steps`` steps.
+- **Phase 8, drafter step** (:meth:`DrafterPhase.step`): the step's rows enter the window; one rank trains for a
+  bounded budget (``drafter.budget_s``) or, with ``drafter.background=true``, collects what its low-priority
+  process trained meanwhile (:mod:`drafters.background`); several ranks average the idle-window updates weighted by
+  the steps each took. Then the new drafter is exported and hot-swapped into the engine; the EAGLE head keeps
+  reading the policy's embedding and LM head, which phase 7's sync just refreshed.
+- **Final fit** (:meth:`DrafterPhase.final_fit`, after the last step) and the **summary** the run reports
+  (:meth:`DrafterPhase.summary`: acceptance, the controller's estimates, the measured end-of-run speedup).
 
 Logged per step: ``drafter/train_s`` (time spent training), ``drafter/overhead_s`` (wall time the drafter added to
 the step: training outside idle windows, averaging, export and swap), ``drafter/loss``, ``drafter/top1``,
-``drafter/steps``, and from the rollout ``spec/*``.
+``drafter/steps``, and from the rollout ``spec/*`` (:func:`trainers.metrics.spec_metrics`).
 """
 from __future__ import annotations
 
@@ -26,60 +29,73 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from drafters.config import DrafterConfig
 from drafters.online import OnlineDrafter
-from drafters.types import DrafterStats
+from drafters.types import DrafterBatch, DrafterStats
 from rollout.types import Prompt, SamplingSpec, SpecStats
-from trainers import distributed
+from trainers.backend import distributed
+from trainers.config import Config
 
 
 class DrafterPhase:
-    def __init__(self, cfg: DrafterConfig, policy_path: str, policy, temperature: float, folder: Path, seed: int,
-                 world_size: int) -> None:
-        self.cfg, self.policy, self.folder, self.world_size = cfg, policy, folder, world_size
+    """One rank's drafter: built before the engine (which starts with its untrained export), then driven by the
+    loop through :meth:`warm_start`, :meth:`begin_step`, :meth:`idle_train`, :meth:`step`, :meth:`final_fit` and
+    :meth:`summary`."""
+
+    def __init__(self, cfg: Config, policy_path: str, policy, folder: Path, rank: int, world_size: int,
+                 train_rows: list[dict], tokenizer, pad_id: int) -> None:
+        self.cfg, self.rollout_cfg, self.data_cfg = cfg.drafter, cfg.rollout, cfg.data
+        self.policy, self.folder, self.rank, self.world_size = policy, folder, rank, world_size
+        self.seed, self.micro_batch, self.pad_id = cfg.run.seed, cfg.trainer.micro_batch_size, pad_id
+        self.train_rows, self.tokenizer = train_rows, tokenizer
         embed, head = self.policy_tensors()
         config = json.loads((Path(policy_path) / "config.json").read_text())
-        if cfg.background:
+        temperature = cfg.rollout.temperature
+        if self.cfg.background:
             if world_size > 1:
                 raise ValueError(f"drafter.background=true trains the drafter beside one rank; with {world_size} "
                                  "ranks it trains in the rollout's idle windows (set drafter.background=false)")
             from drafters.background import BackgroundDrafter
 
-            self.drafter = BackgroundDrafter(cfg, config, embed, head, temperature, seed)
+            self.drafter = BackgroundDrafter(self.cfg, config, embed, head, temperature, self.seed)
         else:
-            self.drafter = OnlineDrafter(cfg, config, embed, head, temperature, seed)
+            self.drafter = OnlineDrafter(self.cfg, config, embed, head, temperature, self.seed)
         self.export = self.drafter.export(self.folder / "v0")  # untrained: the engine is built with it
-        self.step_stats: dict = {}
         self._idle = DrafterStats(0.0, 0.0, 0.0)
+        self.warmup_stats: dict = {}
+        self.final_stats: dict = {}
 
     def policy_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's current input embedding and LM head weights (gathered under ZeRO-3), detached copies."""
-        from trainers.models import lm_head
-        from trainers.weights import hf_root
+        from trainers.backend.models import lm_head
+        from trainers.backend.weights import hf_root
 
         emb, head = hf_root(self.policy.module).get_input_embeddings().weight, lm_head(self.policy.module).weight
         with self.policy.gathered([emb, head]):
             return emb.detach().clone(), head.detach().clone()
 
-    # ------------------------------------------------------------------ warm start
-    def warm_start(self, engine, prompts: list[Prompt], n: int, max_tokens: int, temperature: float,
-                   features_of, seed: int) -> dict:
-        """Base-model rollouts of ``prompts`` -> trainer features -> ``warmup_steps`` drafter steps -> hot swap."""
+    # ------------------------------------------------------------------ before RL step 1
+    def warm_start(self, engine) -> dict:
+        """Base-model rollouts of ``drafter.warmup_prompts`` training prompts (each rank its own strided share),
+        capped at ``drafter.warmup_max_tokens`` (default: as the RL rollouts), ``rollout.n`` each but no more rows
+        than the replay slot keeps -> trainer features -> ``warmup_steps`` drafter steps -> hot swap."""
+        c, r = self.cfg, self.rollout_cfg
+        prompts = self._prompts(c.warmup_prompts)
+        n = min(r.n, -(-c.max_rows_per_step // len(prompts)))  # the replay slot keeps max_rows_per_step rows anyway
+        spec = SamplingSpec(n=n, max_tokens=c.warmup_max_tokens or r.max_tokens, temperature=r.temperature,
+                            seed=self.seed * 7_717 + 11)
         t0 = time.perf_counter()
         engine.controller.forced_off = True  # the untrained drafter would only cost time
-        _, t1, t2 = self._roll_into_window(engine, prompts, SamplingSpec(n=n, max_tokens=max_tokens,
-                                                                         temperature=temperature,
-                                                                         seed=seed * 7_717 + 11), features_of)
-        engine.controller.forced_off = engine.lossless == "broken" and temperature > 0
-        stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.warmup_steps)
+        _, t1, t2 = self._roll_into_window(engine, prompts, spec)
+        engine.controller.forced_off = engine.lossless == "broken" and r.temperature > 0
+        stats = self.drafter.train(budget_s=float("inf"), max_steps=c.warmup_steps)
         if self.world_size > 1:  # each rank warmed up on its own prompts
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        out = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_rollout_s": t1 - t0,
-               "drafter/warmup_features_s": t2 - t1, "drafter/warmup_train_s": stats.train_s,
-               "drafter/warmup_loss": stats.loss,
-               "drafter/warmup_top1": stats.top1_agreement, "drafter/warmup_steps": stats.steps}
-        return out
+        self.warmup_stats = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_rollout_s": t1 - t0,
+                             "drafter/warmup_features_s": t2 - t1, "drafter/warmup_train_s": stats.train_s,
+                             "drafter/warmup_loss": stats.loss, "drafter/warmup_top1": stats.top1_agreement,
+                             "drafter/warmup_steps": stats.steps}
+        return self.warmup_stats
 
     # ------------------------------------------------------------------ in the step
     def begin_step(self) -> None:
@@ -90,10 +106,11 @@ class DrafterPhase:
             self.drafter.run(True)  # from the first step on (after the warm start, or after a resume)
 
     def idle_train(self) -> None:
-        """Called once per RL step, right after this rank's last rollout (with dynamic sampling, its last round).
-        Several ranks: post an asynchronous all-reduce that completes when every rank has finished its rollout, and
-        train until it does (every rank posts it once a step, also one with nothing to train: the collectives must
-        match). One rank: nothing (no one to wait for)."""
+        """Phase 2, once per RL step right after this rank's last rollout round. Several ranks: post an asynchronous
+        all-reduce that completes when every rank has finished its rollout, and train until it does (every rank
+        posts it once a step, also one with nothing to train: the collectives must match; once a step and not once a
+        round, since with dynamic sampling ranks run different numbers of rounds). One rank: nothing (no one to wait
+        for)."""
         if self.world_size == 1:
             return
         work = dist.all_reduce(torch.ones(1), async_op=True)
@@ -104,13 +121,12 @@ class DrafterPhase:
             self._idle = self._idle.plus(st)
         work.wait()
 
-    def add_features(self, feats) -> None:
-        self.drafter.add(feats.to_drafter_batch())
-
-    def after_update(self, engine) -> dict:
-        """One rank: the bounded training budget (background: collect what the worker trained meanwhile); several
-        ranks: combine the idle-window updates. Then swap."""
+    def step(self, engine, rows: list[DrafterBatch]) -> dict:
+        """Phase 8: the step's ``rows`` enter the replay window; one rank: the bounded training budget (background:
+        collect what the worker trained meanwhile); several ranks: combine the idle-window updates. Then swap."""
         t0 = time.perf_counter()
+        for b in rows:
+            self.drafter.add(b)
         stats = self._idle
         if self.cfg.background:  # it trained while the step ran; from now on with the updated policy's tensors
             self.drafter.set_policy_tensors(*self.policy_tensors())
@@ -125,37 +141,68 @@ class DrafterPhase:
         self._swap(engine)
         return self._after(stats, t0)
 
-    def finish(self, engine, prompts: list[Prompt] | None = None, n: int = 1, max_tokens: int = 0,
-               temperature: float = 1.0, features_of=None, seed: int = 0) -> dict:
-        """After the last RL step: ``drafter.final_steps`` optimizer steps on the replay window (the last steps'
-        rollouts of the policy as it ends; in the foreground, also with ``background``), plus, given ``prompts``
-        (``drafter.final_prompts``), fresh rollouts of them by the final policy (the window grows to hold them), then
+    # ------------------------------------------------------------------ after the last RL step
+    def final_fit(self, engine) -> dict:
+        """``drafter.final_steps`` optimizer steps on the replay window (the last steps' rollouts of the policy as it
+        ends; in the foreground, also with ``background``), plus, with ``drafter.final_prompts``, fresh rollouts of
+        that many training prompts by the final policy (each rank its strided share, the ones after the warm start's;
+        the RL prompt stream is not touched; ``rollout.n`` each at the RL cap; the window grows to hold them), then
         swap, so the final evaluation, the last checkpoint and the export have a drafter fitted to the final policy.
         Several ranks: each fits on its own rows, then the drafters are averaged."""
+        c, r = self.cfg, self.rollout_cfg
         t0 = time.perf_counter()
         late = 0
-        if self.cfg.background:  # stop it, and count what it trained since the last step's swap
+        if c.background:  # stop it, and count what it trained since the last step's swap
             self.drafter.run(False)
             late = self.drafter.collect().steps
         rows, rollout_s, features_s = 0, 0.0, 0.0
-        if prompts:
-            slots = -(-len(prompts) * n // self.cfg.max_rows_per_step)
-            self.drafter.widen(self.cfg.replay_steps + slots)
+        if c.final_prompts:
+            prompts = self._prompts(c.final_prompts, after=c.warmup_prompts)
+            slots = -(-len(prompts) * r.n // c.max_rows_per_step)
+            self.drafter.widen(c.replay_steps + slots)
             t = time.perf_counter()
             rows, t1, t2 = self._roll_into_window(engine, prompts, SamplingSpec(
-                n=n, max_tokens=max_tokens, temperature=temperature, seed=seed * 7_717 + 29), features_of, slots)
+                n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, seed=self.seed * 7_717 + 29), slots)
             rollout_s, features_s = t1 - t, t2 - t1
         self.drafter.set_policy_tensors(*self.policy_tensors())
-        stats = self.drafter.train(budget_s=float("inf"), max_steps=self.cfg.final_steps)
+        stats = self.drafter.train(budget_s=float("inf"), max_steps=c.final_steps)
         if self.world_size > 1:
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        return {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
-                "drafter/final_top1": stats.top1_agreement, "drafter/final_rows": rows,
-                "drafter/final_rollout_s": rollout_s, "drafter/final_features_s": features_s,
-                "drafter/final_s": time.perf_counter() - t0}
+        self.final_stats = {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
+                            "drafter/final_top1": stats.top1_agreement, "drafter/final_rows": rows,
+                            "drafter/final_rollout_s": rollout_s, "drafter/final_features_s": features_s,
+                            "drafter/final_s": time.perf_counter() - t0}
+        return self.final_stats
 
-    def _roll_into_window(self, engine, prompts: list[Prompt], spec: SamplingSpec, features_of,
+    def summary(self, engine, eval_prompts: list[Prompt], step_metrics: list[dict]) -> dict:
+        """``summary.json``'s ``drafter`` section: method, version, sampling mode, acceptance (engine-wide, and over
+        the RL steps' rollouts only, from ``step_metrics``), the controller's per-bucket estimates, the warm start's
+        and final fit's statistics, then the end-of-run speedup measured in the run's engine (after the estimates are
+        read: these calls count in the engine's totals)."""
+        c, r = self.cfg, self.rollout_cfg
+        out = {"method": c.method, "version": self.drafter.version, "lossless": engine.lossless,
+               "sampling": engine.spec_sampling, "mean_accept_len": engine.spec_total().mean_accept_len,
+               "train_accept_len": train_accept_len(step_metrics),
+               "speedup_by_batch": engine.controller.speedups()} | self.warmup_stats | self.final_stats
+        t0 = time.perf_counter()
+        measured = measure_speedup(engine, eval_prompts, c.report_batch_sizes, c.report_calls, r.max_tokens,
+                                   r.temperature, self.seed)
+        return out | {"measured_speedup": measured, "measured_max_tokens": r.max_tokens,
+                      "measured_calls": c.report_calls, "measure_s": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------ helpers
+    def _prompts(self, count: int, after: int = 0) -> list[Prompt]:
+        """``count`` training prompts for the drafter, outside the RL prompt stream: this rank's strided share of the
+        training set, ``count // ranks`` of it (at least 1), starting after the first ``after`` (wrapping round)."""
+        from trainers.data import to_prompts
+
+        share = self.train_rows[self.rank::self.world_size]
+        skip = max(1, after // self.world_size) if after else 0
+        rows = (share[skip:] + share[:skip])[: max(1, count // self.world_size)]
+        return to_prompts(rows, self.tokenizer, self.data_cfg)
+
+    def _roll_into_window(self, engine, prompts: list[Prompt], spec: SamplingSpec,
                           slots: int = 1) -> tuple[int, float, float]:
         """Roll ``prompts`` out and add the trainer's features over them to the replay window, in ``slots`` new slots
         of up to ``drafter.max_rows_per_step`` rows (1: all in one, the slot keeping a random subset).
@@ -164,7 +211,8 @@ class DrafterPhase:
         t1 = time.perf_counter()
         self.drafter.new_step()
         rows = in_slot = 0
-        for feats in features_of(batch):
+        for feats in rollout_features(self.policy.module, batch, self.micro_batch, self.pad_id,
+                                      self.rollout_cfg.temperature):
             b = feats.to_drafter_batch()
             if slots > 1 and in_slot >= self.cfg.max_rows_per_step:
                 self.drafter.new_step()
@@ -202,7 +250,7 @@ class DrafterPhase:
 @torch.no_grad()
 def rollout_features(model: torch.nn.Module, batch, micro_batch: int, pad_id: int = 0, temperature: float = 1.0):
     """The trainer's forward (no grad) over a rollout batch, micro-batch by micro-batch -> ``Features`` each."""
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.logprobs import completion_logprobs
 
     ids = [batch.prompts[int(i)].token_ids for i in batch.prompt_index]
     model.eval()
@@ -252,17 +300,10 @@ def measure_speedup(engine, prompts: list[Prompt], batch_sizes: list[int], calls
     return out
 
 
-def spec_metrics(stats: list[SpecStats]) -> dict:
-    """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
-    length counts the bonus token)."""
-    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.handoffs, s.enabled_frac] for s in stats]
-                       or [[0, 0, 0, 0, 0]], dtype=torch.float64)
-    summed = distributed.all_sum(torch.cat([tot[:, :4].sum(0), torch.tensor([tot[:, 4].mean(), 1.0],
-                                                                             dtype=torch.float64)]))
-    drafts, draft_tokens, accepted, handoffs, enabled, ranks = summed.tolist()
-    total = SpecStats(enabled / ranks, int(drafts), int(draft_tokens), int(accepted), int(handoffs))
-    return {"spec/enabled_frac": total.enabled_frac, "spec/drafts": drafts, "spec/draft_tokens": draft_tokens,
-            "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
-            "spec/mean_accept_len": total.mean_accept_len,
-            "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
-
+def train_accept_len(step_metrics: list[dict]) -> float:
+    """Mean acceptance length (bonus token counted) over the RL steps' rollouts only, from their ``spec/*`` metrics
+    (a resumed run's earlier steps included); the engine-wide ``mean_accept_len`` also pools the warm start, the
+    evaluations (longer cap) and the final fit's rollouts."""
+    rows = [m for m in step_metrics if "spec/drafts" in m]
+    return SpecStats(drafts=sum(m["spec/drafts"] for m in rows),
+                     accepted_tokens=sum(m["spec/accepted_tokens"] for m in rows)).mean_accept_len

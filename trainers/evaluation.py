@@ -10,7 +10,7 @@ import torch
 from rewards.registry import verify
 from rewards.types import RewardInput
 from rollout.types import Prompt, SamplingSpec
-from trainers import distributed
+from trainers.backend import distributed
 from trainers.config import Config
 from trainers.metrics import length_stats
 

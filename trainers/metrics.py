@@ -1,11 +1,42 @@
-"""Step metrics: kept as tensors until one reduction per step; names are ``room/what``."""
+"""Every per-step metric, defined and reduced here: tensors until one reduction per step; names are ``room/what``.
+
+- :class:`Timers` -> ``time/<phase>_s`` (the phases of :meth:`trainers.rl.Trainer.train_step`);
+- :class:`Sums` (the update's per-token and per-optimizer-step sums, :data:`SUM_KEYS`) and the step's rollout rows
+  -> ``reward/*``, ``acc/*``, ``len/*``, ``rollout/*``, ``perf/*``, ``train/*``, ``critic/*`` (:func:`step_metrics`);
+- the rollout's speculative-decoding counters -> ``spec/*`` (:func:`spec_metrics`).
+
+Reductions are rank-count invariant: sums are all-reduced first, then normalised by global counts.
+"""
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from rollout.types import SpecStats
+from trainers.backend import distributed
+
+# per-step sums of the update: per-token statistics are normalised by the global token count, per-optimizer-step
+# ones (loss, grad norms) by the number of optimizer steps (and ranks, for grad norms, which every rank reports)
+SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm", "sampler_kl", "mismatch_ratio",
+            "ref_kl", "vf_loss", "vf_clip_frac", "critic_grad_norm", "nonfinite", "critic_nonfinite")
+_INDEX = {k: i for i, k in enumerate(SUM_KEYS)}
+
+
+class Sums:
+    """This rank's sums of :data:`SUM_KEYS` over one step's update, as one float64 tensor [len(SUM_KEYS)]."""
+
+    def __init__(self) -> None:
+        self.values = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
+
+    def add(self, key: str, value: float) -> None:
+        self.values[_INDEX[key]] += value
+
+    def __getitem__(self, key: str) -> float:
+        return float(self.values[_INDEX[key]])
 
 
 def length_stats(lengths: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -34,3 +65,74 @@ class Timers:
 
     def as_metrics(self) -> dict[str, float]:
         return {f"time/{k}_s": v for k, v in self.seconds.items()}
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the step's reduction needs besides the rollout rows and the update's sums."""
+
+    step: int  # 1-based step number
+    epoch: int  # passes over the training prompts so far
+    world_size: int
+    optimizer_steps: float  # trainer.epochs x trainer.mini_batches
+    policy_lr: float
+    policy_version: int
+    has_reference: bool  # ref_kl is logged
+    critic_lr: float | None  # None without a critic
+
+
+def step_metrics(ctx: StepContext, sample, sums: Sums, timers: Timers) -> tuple[dict, float]:
+    """The step's one reduction over ranks -> (metrics, tokens generated this step on every rank).
+
+    ``sample`` is the step's :class:`~trainers.sampling.Sample` (rows this rank trains on, their rewards, the tokens
+    it generated, dropped groups included)."""
+    batch, rewards = sample.batch, sample.rewards
+    rows = torch.stack([batch.num_tokens.to(torch.float64), rewards.total.to(torch.float64),
+                        rewards.correct.to(torch.float64), batch.truncated.to(torch.float64)], -1)
+    rows = distributed.all_gather_rows(rows)  # [B_global, 4]
+    s = dict(zip(SUM_KEYS, distributed.all_sum(sums.values).tolist()))
+    prompt_tokens = sum(len(batch.prompts[int(i)].token_ids) for i in batch.prompt_index)
+    gen, rollout_s, step_s, processed = distributed.all_sum(torch.tensor(
+        [float(sample.generated_tokens), timers.seconds["rollout"], timers.seconds["step"],
+         float(prompt_tokens + int(batch.num_tokens.sum()))], dtype=torch.float64)).tolist()
+    w, n_opt = ctx.world_size, ctx.optimizer_steps
+    tok = max(s["tokens"], 1.0)
+    m = {"step": ctx.step, "epoch": ctx.epoch} | timers.as_metrics()
+    m |= {"reward/mean": float(rows[:, 1].mean()), "reward/std": float(rows[:, 1].std()),
+          "acc/mean": float(rows[:, 2].mean())}
+    m |= {f"reward/{k}": float(distributed.all_sum(v.to(torch.float64).sum().reshape(1))[0]) / rows.shape[0]
+          for k, v in rewards.terms.items()}
+    errors = rewards.errors if rewards.errors is not None else torch.zeros(len(batch.num_tokens), dtype=torch.bool)
+    m["reward/errors"] = int(distributed.all_sum(errors.to(torch.float64).sum().reshape(1))[0])  # failed calls
+    m |= length_stats(rows[:, 0], "len/")
+    m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": gen / max(rollout_s / w, 1e-9),
+          "rollout/sequences": rows.shape[0], "rollout/tokens": float(rows[:, 0].sum()),
+          "rollout/generated_tokens": gen, "perf/tokens_per_s": processed / max(step_s, 1e-9),  # verl: tokens / (step time x ranks)
+          "train/loss": s["loss"] / n_opt, "train/entropy": s["entropy"] / tok,
+          "train/clip_frac": s["clip_frac"] / tok, "train/grad_norm": s["grad_norm"] / n_opt / w,
+          "train/lr": ctx.policy_lr, "policy_version": ctx.policy_version,
+          "train/nonfinite": int(max(s["nonfinite"], s["critic_nonfinite"]))}  # skipped optimizer steps (NaN/inf)
+    if batch.sampler_logprobs is not None:
+        m |= {"train/sampler_kl": s["sampler_kl"] / tok, "train/mismatch_ratio": s["mismatch_ratio"] / tok,
+              "train/is_kept_frac": s["kept_tokens"] / tok}
+    if ctx.has_reference:
+        m["train/ref_kl"] = s["ref_kl"] / tok
+    if ctx.critic_lr is not None:
+        m |= {"critic/vf_loss": s["vf_loss"] / n_opt, "critic/vf_clip_frac": s["vf_clip_frac"] / tok,
+              "critic/grad_norm": s["critic_grad_norm"] / n_opt / w, "critic/lr": ctx.critic_lr}
+    return m, gen
+
+
+def spec_metrics(stats: list[SpecStats]) -> dict:
+    """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
+    length counts the bonus token)."""
+    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.handoffs, s.enabled_frac] for s in stats]
+                       or [[0, 0, 0, 0, 0]], dtype=torch.float64)
+    summed = distributed.all_sum(torch.cat([tot[:, :4].sum(0), torch.tensor([tot[:, 4].mean(), 1.0],
+                                                                             dtype=torch.float64)]))
+    drafts, draft_tokens, accepted, handoffs, enabled, ranks = summed.tolist()
+    total = SpecStats(enabled / ranks, int(drafts), int(draft_tokens), int(accepted), int(handoffs))
+    return {"spec/enabled_frac": total.enabled_frac, "spec/drafts": drafts, "spec/draft_tokens": draft_tokens,
+            "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
+            "spec/mean_accept_len": total.mean_accept_len,
+            "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}

@@ -1,17 +1,21 @@
 """The RL loop: group-sampled policy optimisation (GRPO family) and PPO with a colocated vLLM engine on DeepSpeed.
 
-One step, read top to bottom in :meth:`Trainer.train_step`:
+One step is :meth:`Trainer.train_step`, phase by phase (the numbering used everywhere):
 
-1. sample    each rank samples ``rollout.n`` completions for its share of ``trainer.prompts_per_step`` prompts and
-             scores them (``rewards.compute``); dynamic sampling and the DECS curriculum pick the groups it keeps
-             (:mod:`trainers.sampling`)
-2. forward   what the configuration needs, without grad: the trainer's own log-probs of the sampling policy, the
-             reference's, the critic's values, sampler-mismatch weights (:mod:`trainers.update`)
-3. advantage ``ADVANTAGE[algo.advantage]`` on the rewards (minus the KL penalty when it is in the reward); returns
-             for the critic; optional batch whitening
-4. update    policy (and critic) optimizer steps on DeepSpeed; the update knows no algorithm
-5. sync      the policy's weights (LoRA merged, ZeRO-3 gathered in buckets) -> ``VLLMEngine.load_policy``
-6. log       one reduction per step -> metrics.jsonl, W&B, progress bar
+1 roll out     each rank samples ``rollout.n`` completions for its share of ``trainer.prompts_per_step`` prompts and
+               scores them (``rewards.compute``); with dynamic sampling, round after round (:mod:`trainers.sampling`)
+2 idle window  with a drafter and several ranks: a rank done with its rollout trains the drafter until every rank
+               is done (:mod:`trainers.drafting`)
+3 select       the groups the rank trains on: dynamic sampling's kept groups, the DECS curriculum's share, fillers
+4 forward      without grad, what the configuration needs: the trainer's log-probs of the sampling policy, the
+               reference's, the critic's values, sampler-mismatch weights; its hidden states are the drafter's rows
+               (:mod:`trainers.update`)
+5 advantage    ``ADVANTAGE[algo.advantage]`` on the rewards (minus the KL penalty when it is in the reward); returns
+               for the critic; optional batch whitening (:mod:`trainers.algo`)
+6 update       policy (and critic) optimizer steps on DeepSpeed; knows no algorithm; returns the step's metric sums
+7 sync         the policy's weights (LoRA merged, ZeRO-3 gathered in buckets) -> ``VLLMEngine.load_policy``
+8 drafter      the step's rows into the replay window, training (one rank) or averaging (several), export, hot swap
+9 log          one reduction per step (:mod:`trainers.metrics`) -> metrics.jsonl, W&B, progress bar
 
 Simplification: with one epoch and one mini-batch the update starts on-policy (ratio 1) and the trainer's own
 forward of the update provides the behaviour log-probs; vLLM's log-probs serve only the mismatch diagnostics and,
@@ -27,18 +31,19 @@ from pathlib import Path
 import torch
 
 from rewards import RewardOutput
-from rollout.types import RolloutBatch, SpecStats
-from trainers import checkpoint, distributed
-from trainers.advantages import ADVANTAGE, dense_rewards, masked_whiten
+from rollout.types import RolloutBatch
+from trainers.algo.advantages import ADVANTAGE, dense_rewards, masked_whiten
+from trainers.algo.losses import KL
+from trainers.algo.types import AdvantageInput
+from trainers.backend import distributed
 from trainers.config import Config
 from trainers.data import to_prompts
-from trainers.drafting import measure_speedup, spec_metrics
 from trainers.evaluation import evaluate
-from trainers.losses import KL
-from trainers.metrics import Timers, length_stats
-from trainers.sampling import Sampler
-from trainers.types import AdvantageInput, TaskData
-from trainers.update import SUM_KEYS, Forward, Rows, Updater
+from trainers.metrics import StepContext, Timers, spec_metrics, step_metrics
+from trainers.run import checkpoint, console
+from trainers.sampling import Sample, Sampler
+from trainers.types import TaskData
+from trainers.update import Forward, Rows, Updater
 
 __all__ = ["Trainer", "TaskData"]
 
@@ -57,14 +62,15 @@ class Trainer:
         from transformers import AutoTokenizer
 
         from rollout.vllm_engine import VLLMEngine
-        from trainers.engine import TrainEngine, critic_optim, policy_optim
-        from trainers.models import Reference, load_critic, load_policy
-        from trainers.runlog import RunFolder
-        from trainers.tracking import Tracker
+        from trainers.backend.engine import TrainEngine, critic_optim, policy_optim
+        from trainers.backend.models import Reference, load_critic, load_policy
+        from trainers.run.runlog import RunFolder
+        from trainers.run.tracking import Tracker
 
         self.cfg, self.task = cfg, task
         self.d = distributed.init(cfg.deepspeed.backend, local_rank)
         self.run = RunFolder(_run_dir(cfg))
+        console.attach(self.run.path, self.d.rank)  # third-party output of this rank -> the run folder's log
         if self.d.is_main:
             self.run.write_config(config_yaml)
         torch.manual_seed(cfg.run.seed)
@@ -84,26 +90,22 @@ class Trainer:
         if cfg.drafter.enabled:
             from trainers.drafting import DrafterPhase
 
-            self.drafting = DrafterPhase(cfg.drafter, model_path, self.policy, cfg.rollout.temperature,
-                                         self.run.path / "drafter" / f"rank{self.d.rank}", cfg.run.seed,
-                                         self.d.world_size)
+            self.drafting = DrafterPhase(cfg, model_path, self.policy, self.run.path / "drafter" / f"rank{self.d.rank}",
+                                         self.d.rank, self.d.world_size, task.train, self.tokenizer, self.pad_id)
         self.updater = Updater(cfg, self.policy, self.pad_id, self.critic, reference,
-                               on_features=self.drafting.add_features if self.drafting else None)
+                               want_features=self.drafting is not None)
         self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
                                   drafter=self.drafting.export if self.drafting else None)
-        self.rollout.show_progress = cfg.logging.progress and self.d.is_main  # a bar per rollout and evaluation
+        if cfg.logging.progress and self.d.is_main:  # a bar per rollout and evaluation, on the terminal
+            self.rollout.show_progress = console.progress_bar
         self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer, cfg.data),
                                self.d.rank, self.d.world_size)
-        if self.drafting is not None:
-            self.sampler.after_rollout = self.drafting.idle_train
         self.eval_prompts = to_prompts(task.eval, self.tokenizer, cfg.data)
         self.tracker = Tracker(cfg.logging, str(self.run.path), self.run.path.name,
                                json.loads(json.dumps(asdict(cfg), default=str)), enabled=self.d.is_main)
         self.step, self.tokens_total, self.version, self.wall_prior = 0, 0, 0, 0.0
         self.evals: list[dict] = []
         self.sync_stats: dict = {}
-        self.warmup_stats: dict = {}
-        self.final_drafter_stats: dict = {}
         self.maybe_resume()
 
     @property
@@ -112,30 +114,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def train_step(self, step: int) -> dict:
-        timers = Timers()
-        drafter_stats: dict = {}
+        """One RL step, its phases numbered as in the module docstring."""
+        timers, drafter = Timers(), self.drafting
         with timers("step"):
-            if self.drafting is not None:
-                self.drafting.begin_step()
-            sample = self.sampler.sample(step, timers)
+            if drafter is not None:
+                drafter.begin_step()
+            rounds = self.sampler.roll_out(step, timers)  # 1 roll out
+            if drafter is not None:
+                with timers("idle"):
+                    drafter.idle_train()  # 2 idle-window drafter work
+            sample = self.sampler.select(rounds)  # 3 select
             rows = _rows(sample.batch)
             with timers("forward"):
-                fwd = self.updater.forward(rows, timers)
+                fwd = self.updater.forward(rows, timers)  # 4 forward
             with timers("advantage"):
-                adv, returns = self.advantage_phase(sample.batch, sample.rewards, fwd)
-            # NaN/inf in a reward (a user term) or an advantage: no update from this step on any rank (counted in
-            # train/nonfinite like a non-finite loss), instead of letting group statistics quietly zero it
-            bad = [sample.rewards.total, adv] + ([sample.rewards.token_rewards]
-                                                 if sample.rewards.token_rewards is not None else [])
-            flag = torch.tensor([0.0 if all(bool(torch.isfinite(x).all()) for x in bad) else 1.0])
+                adv, returns = self.advantage_phase(sample.batch, sample.rewards, fwd)  # 5 advantage
             with timers("update"):
-                sums = self.updater.update(rows, adv, returns, fwd, skip=bool(distributed.all_sum(flag)[0] > 0))
+                upd = self.updater.update(rows, adv, returns, fwd, skip=_nonfinite(sample.rewards, adv))  # 6 update
             with timers("sync"):
-                self.sync_phase()
-            if self.drafting is not None:
+                self.sync_phase()  # 7 sync
+            drafter_stats = {}
+            if drafter is not None:
                 with timers("drafter"):
-                    drafter_stats = self.drafting.after_update(self.rollout) | spec_metrics(sample.spec)
-        return self.log_phase(step, sample, sums, timers) | sample.stats | self.sync_stats | drafter_stats
+                    drafter_stats = drafter.step(self.rollout, fwd.features or upd.features or [])  # 8 drafter
+        return self.log_phase(step, sample, upd.sums, timers, drafter_stats)  # 9 log
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput,
                         fwd: Forward) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -166,7 +168,7 @@ class Trainer:
         has to be the trainer's argmax at every token (teacher-forced, so it also works under ZeRO-3) and its
         log-probs have to match. A mismatch raises: training on a stale or garbled engine is never silent."""
         from rollout.types import SamplingSpec
-        from trainers.logprobs import greedy_agreement
+        from trainers.backend.logprobs import greedy_agreement
 
         probes = self.eval_prompts[: self.cfg.trainer.sync_check_prompts]
         with self.rollout.controller_paused():  # greedy probes: not the rollouts' traffic
@@ -186,43 +188,17 @@ class Trainer:
                                f"positions ({out})")
         return out
 
-    def log_phase(self, step: int, sample, sums: dict, timers: Timers) -> dict:
-        batch, rewards = sample.batch, sample.rewards
-        rows = torch.stack([batch.num_tokens.to(torch.float64), rewards.total.to(torch.float64),
-                            rewards.correct.to(torch.float64), batch.truncated.to(torch.float64)], -1)
-        rows = distributed.all_gather_rows(rows)  # [B_global, 4]
-        s = dict(zip(SUM_KEYS, distributed.all_sum(torch.tensor([sums[k] for k in SUM_KEYS],
-                                                                 dtype=torch.float64)).tolist()))
-        prompt_tokens = sum(len(batch.prompts[int(i)].token_ids) for i in batch.prompt_index)
-        gen, rollout_s, step_s, processed = distributed.all_sum(torch.tensor(
-            [float(sample.generated_tokens), timers.seconds["rollout"], timers.seconds["step"],
-             float(prompt_tokens + int(batch.num_tokens.sum()))], dtype=torch.float64)).tolist()
-        w, n_opt = self.d.world_size, float(self.cfg.trainer.epochs * self.cfg.trainer.mini_batches)
-        tok = max(s["tokens"], 1.0)
-        self.tokens_total += int(gen)
-        m = {"step": step + 1, "epoch": self.sampler.stream.epoch} | timers.as_metrics()
-        m |= {"reward/mean": float(rows[:, 1].mean()), "reward/std": float(rows[:, 1].std()),
-              "acc/mean": float(rows[:, 2].mean())}
-        m |= {f"reward/{k}": float(distributed.all_sum(v.to(torch.float64).sum().reshape(1))[0]) / rows.shape[0]
-              for k, v in rewards.terms.items()}
-        errors = rewards.errors if rewards.errors is not None else torch.zeros(len(batch.num_tokens), dtype=torch.bool)
-        m["reward/errors"] = int(distributed.all_sum(errors.to(torch.float64).sum().reshape(1))[0])  # failed calls
-        m |= length_stats(rows[:, 0], "len/")
-        m |= {"len/truncated_frac": float(rows[:, 3].mean()), "rollout/tokens_per_s": gen / max(rollout_s / w, 1e-9),
-              "rollout/sequences": rows.shape[0], "rollout/tokens": float(rows[:, 0].sum()),
-              "rollout/generated_tokens": gen, "perf/tokens_per_s": processed / max(step_s, 1e-9),  # verl: tokens / (step time x ranks)
-              "train/loss": s["loss"] / n_opt, "train/entropy": s["entropy"] / tok,
-              "train/clip_frac": s["clip_frac"] / tok, "train/grad_norm": s["grad_norm"] / n_opt / w,
-              "train/lr": self.policy.lr(), "policy_version": self.version,
-              "train/nonfinite": int(max(s["nonfinite"], s["critic_nonfinite"]))}  # skipped optimizer steps (NaN/inf)
-        if batch.sampler_logprobs is not None:
-            m |= {"train/sampler_kl": s["sampler_kl"] / tok, "train/mismatch_ratio": s["mismatch_ratio"] / tok,
-                  "train/is_kept_frac": s["kept_tokens"] / tok}
-        if self.updater.reference is not None:
-            m["train/ref_kl"] = s["ref_kl"] / tok
-        if self.critic is not None:
-            m |= {"critic/vf_loss": s["vf_loss"] / n_opt, "critic/vf_clip_frac": s["vf_clip_frac"] / tok,
-                  "critic/grad_norm": s["critic_grad_norm"] / n_opt / w, "critic/lr": self.critic.lr()}
+    def log_phase(self, step: int, sample: Sample, sums, timers: Timers, drafter_stats: dict) -> dict:
+        c, t = self.cfg, self.cfg.trainer
+        ctx = StepContext(step=step + 1, epoch=self.sampler.stream.epoch, world_size=self.d.world_size,
+                          optimizer_steps=float(t.epochs * t.mini_batches), policy_lr=self.policy.lr(),
+                          policy_version=self.version, has_reference=self.updater.reference is not None,
+                          critic_lr=self.critic.lr() if self.critic is not None else None)
+        m, generated = step_metrics(ctx, sample, sums, timers)
+        self.tokens_total += int(generated)
+        m |= sample.stats | self.sync_stats | drafter_stats
+        if self.drafting is not None:
+            m |= spec_metrics(sample.spec)
         return m
 
     # ------------------------------------------------------------------ the run
@@ -249,7 +225,9 @@ class Trainer:
         self._fit_start = start
         if not self.evals:  # a resumed run already has its "before" evaluation (and its drafter)
             if self.drafting is not None:
-                self.warm_start_drafter()
+                warm = self.drafting.warm_start(self.rollout)
+                if self.d.is_main:
+                    self.tracker.log(warm, 0)
             self.evaluate(self.step)
         bar = _progress(self.cfg, self.d.is_main, self.step)
         nonfinite_streak = 0
@@ -278,51 +256,12 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.drafting is not None and self.cfg.drafter.final_steps:
-            self.final_drafter_stats = self.final_fit_drafter()
+            final = self.drafting.final_fit(self.rollout)
             if self.d.is_main:
-                self.tracker.log(self.final_drafter_stats, self.step)
+                self.tracker.log(final, self.step)
         self.evaluate(self.step)
         self.save()
         return self.finish(self.wall_prior + time.perf_counter() - start)
-
-    def final_fit_drafter(self) -> dict:
-        """After the last RL step (see ``DrafterPhase.finish``): with ``drafter.final_prompts``, the final policy rolls
-        out that many training prompts (each rank its strided share, the ones after the warm start's; the RL prompt
-        stream is not touched), ``rollout.n`` each at the RL cap, for the drafter's final fit."""
-        c, r = self.cfg.drafter, self.cfg.rollout
-        if not c.final_prompts:
-            return self.drafting.finish(self.rollout)
-        prompts = self._drafter_prompts(c.final_prompts, after=c.warmup_prompts)
-        return self.drafting.finish(self.rollout, prompts, r.n, r.max_tokens, r.temperature, self._features_of,
-                                    self.cfg.run.seed)
-
-    def _drafter_prompts(self, count: int, after: int = 0) -> list:
-        """``count`` training prompts for the drafter, outside the RL prompt stream: this rank's strided share of the
-        training set, ``count // ranks`` of it (at least 1), starting after the first ``after`` (wrapping round)."""
-        share = self.task.train[self.d.rank::self.d.world_size]
-        skip = max(1, after // self.d.world_size) if after else 0
-        rows = (share[skip:] + share[:skip])[: max(1, count // self.d.world_size)]
-        return to_prompts(rows, self.tokenizer, self.cfg.data)
-
-    def warm_start_drafter(self) -> None:
-        """Before RL step 1: the drafter learns from base-model rollouts of a few training prompts (each rank its own
-        strided share; they do not touch the RL prompt stream), capped at ``drafter.warmup_max_tokens`` (default: as
-        the RL rollouts), ``rollout.n`` each but no more rows than the replay slot keeps."""
-        c, r = self.cfg.drafter, self.cfg.rollout
-        prompts = self._drafter_prompts(c.warmup_prompts)
-        cap = c.warmup_max_tokens or r.max_tokens
-        n = min(r.n, -(-c.max_rows_per_step // len(prompts)))  # the replay slot keeps max_rows_per_step rows anyway
-        self.warmup_stats = self.drafting.warm_start(self.rollout, prompts, n, cap, r.temperature,
-                                                     self._features_of, self.cfg.run.seed)
-        if self.d.is_main:
-            self.tracker.log(self.warmup_stats, 0)
-
-    def _features_of(self, batch: RolloutBatch):
-        """The trainer's forward over a rollout batch (for the drafter's warm start)."""
-        from trainers.drafting import rollout_features
-
-        return rollout_features(self.policy.module, batch, self.cfg.trainer.micro_batch_size, self.pad_id,
-                                self.cfg.rollout.temperature)
 
     def maybe_resume(self) -> None:
         """``run.resume``: "auto" = newest complete checkpoint in the run folder (none: start fresh), or a path.
@@ -344,7 +283,7 @@ class Trainer:
         self.version = state["version"] - 1
         self.sync_phase()
         if self.d.is_main:
-            print(f"resumed from {ckpt} at step {self.step}")
+            console.say(f"resumed from {ckpt} at step {self.step}")
 
     def save(self) -> Path:
         elapsed = time.perf_counter() - self._fit_start if hasattr(self, "_fit_start") else 0.0
@@ -377,19 +316,8 @@ class Trainer:
                    "totals": {"steps": self.step, "wall_s": wall_s, "rollout_tokens": self.tokens_total,
                               "ranks": self.d.world_size, "engine_start_s": self.rollout.start_s}}
         if self.drafting is not None:
-            c, r = self.cfg.drafter, self.cfg.rollout
-            summary["drafter"] = {"method": c.method, "version": self.drafting.drafter.version,
-                                  "lossless": self.rollout.lossless, "sampling": self.rollout.spec_sampling,
-                                  "mean_accept_len": self.rollout.spec_total().mean_accept_len,
-                                  "train_accept_len": self._train_accept_len(),
-                                  "speedup_by_batch": self.rollout.controller.speedups()} | self.warmup_stats \
-                | self.final_drafter_stats
-            # after the estimates are read: these calls would count in the engine's totals
-            t0 = time.perf_counter()
-            measured = measure_speedup(self.rollout, self.eval_prompts, c.report_batch_sizes, c.report_calls,
-                                       r.max_tokens, r.temperature, self.cfg.run.seed)
-            summary["drafter"] |= {"measured_speedup": measured, "measured_max_tokens": r.max_tokens,
-                                   "measured_calls": c.report_calls, "measure_s": time.perf_counter() - t0}
+            steps = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step]
+            summary["drafter"] = self.drafting.summary(self.rollout, self.eval_prompts, steps)
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)
@@ -399,18 +327,10 @@ class Trainer:
         distributed.barrier()
         return summary
 
-    def _train_accept_len(self) -> float:
-        """Mean acceptance length (bonus token counted) over the RL steps' rollouts only, from metrics.jsonl (a resumed
-        run's earlier steps included); the engine-wide ``mean_accept_len`` also pools the warm start, the
-        evaluations (longer cap) and the final fit's rollouts."""
-        rows = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step and "spec/drafts" in m]
-        return SpecStats(drafts=sum(m["spec/drafts"] for m in rows),
-                         accepted_tokens=sum(m["spec/accepted_tokens"] for m in rows)).mean_accept_len
-
     def report(self) -> None:
         """The before/after Pareto plot (run folder and W&B) and the model card of ``export/``."""
-        from trainers.export import write_card
-        from trainers.plots import eval_points, pareto_plot
+        from trainers.cli.export import write_card
+        from trainers.run.plots import eval_points, pareto_plot
 
         plot = pareto_plot(eval_points(self.evals), self.run.path / "pareto.png",
                            title=f"{self.run.path.name}: held-out accuracy vs tokens")
@@ -419,12 +339,20 @@ class Trainer:
 
     def export(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """HF-format policy (LoRA merged) + tokenizer, from the full HF-named weights."""
-        from trainers.weights import hf_root
+        from trainers.backend.weights import hf_root
 
         hf_root(self.policy.module).save_pretrained(out, state_dict=weights, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         if self.drafting is not None:
             self.drafting.drafter.export(out / "drafter")  # beside the model, in the layout vLLM loads
+
+
+def _nonfinite(rewards: RewardOutput, adv: torch.Tensor) -> bool:
+    """NaN/inf in a reward (a user term) or an advantage on any rank: no update from this step on any rank (counted
+    in train/nonfinite like a non-finite loss), instead of letting group statistics quietly zero it."""
+    bad = [rewards.total, adv] + ([rewards.token_rewards] if rewards.token_rewards is not None else [])
+    flag = torch.tensor([0.0 if all(bool(torch.isfinite(x).all()) for x in bad) else 1.0])
+    return bool(distributed.all_sum(flag)[0] > 0)
 
 
 def _rows(batch: RolloutBatch) -> Rows:
@@ -443,9 +371,8 @@ def _run_dir(cfg: Config) -> Path:
 def _progress(cfg: Config, is_main: bool, initial: int):
     if not (cfg.logging.progress and is_main):
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.trainer.max_steps, initial=initial, desc="rl", unit="step", dynamic_ncols=True)
+    return console.progress_bar(total=cfg.trainer.max_steps, initial=initial, desc="rl", unit="step",
+                                dynamic_ncols=True)
 
 
 def _update_bar(bar, m: dict) -> None:

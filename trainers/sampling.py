@@ -21,7 +21,7 @@ from rewards import RewardInput, RewardOutput
 from rewards.decs_curriculum import DECSCurriculum, select
 from rewards.types import concat_outputs, select_output
 from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats, concat_batches, select_rows
-from trainers import distributed
+from trainers.backend import distributed
 from trainers.config import Config
 from trainers.data import PromptStream
 from trainers.metrics import Timers
@@ -34,6 +34,19 @@ class Sample:
     stats: dict  # rollout/* and curriculum/* metrics of this step
     generated_tokens: int  # every token this rank generated this step (dropped groups included)
     spec: list[SpecStats] = field(default_factory=list)  # speculative-decoding counters of every rollout call
+
+
+@dataclass
+class Rounds:
+    """What phase 1 (roll out) hands phase 3 (select): every sampling round of one step on this rank."""
+
+    rounds: int = 0  # generation rounds run
+    generated: int = 0  # tokens generated over all rounds
+    spec: list[SpecStats] = field(default_factory=list)  # speculative-decoding counters of every round
+    observed: list = field(default_factory=list)  # curriculum observations of every round
+    batches: list = field(default_factory=list)  # without dynamic sampling: the one (batch, rewards)
+    kept: list = field(default_factory=list)  # dynamic sampling: (batch, rewards, rows) of groups with spread
+    dropped: list = field(default_factory=list)  # dynamic sampling: (batch, rewards, rows) of zero-spread groups
 
 
 def token_offsets(tokenizer, batch: RolloutBatch) -> list[list[int]]:
@@ -70,42 +83,48 @@ class Sampler:
         self.curriculum = DECSCurriculum(cfg.reward) if cfg.reward.decs_curriculum.enabled else None
         self.needs_offsets = rewards.needs_token_offsets(cfg.reward)
         self.rng = random.Random(cfg.run.seed * 7_901 + rank)
-        # called once per step right after this rank's last rollout (the drafter's idle window): not after every
-        # round, since with dynamic sampling ranks may run different numbers of rounds, and the idle window's
-        # collective must be posted the same number of times on every rank
-        self.after_rollout = None
 
     # ------------------------------------------------------------------ phases
-    def sample(self, step: int, timers: Timers) -> Sample:
+    def roll_out(self, step: int, timers: Timers) -> Rounds:
+        """Phase 1: rollouts of this rank's prompts, each round scored; with dynamic sampling, rounds until the rank
+        has its quota of groups with reward spread or ``trainer.max_sample_rounds`` rounds have run."""
         t = self.cfg.trainer
-        rounds, generated, kept, dropped, observed, spec = 0, 0, [], [], [], []
+        r = Rounds()
         while True:
             with timers("rollout"):
-                batch = self.rollout(step, rounds)
-            generated += int(batch.num_tokens.sum())
-            spec.append(batch.spec)
+                batch = self.rollout(step, r.rounds)
+            r.generated += int(batch.num_tokens.sum())
+            r.spec.append(batch.spec)
             with timers("reward"):
                 out = self.reward(batch)
-            rounds += 1
+            r.rounds += 1
             if self.curriculum is not None:
-                observed.append(self.curriculum.observe(out.input))
+                r.observed.append(self.curriculum.observe(out.input))
             if not t.dynamic_sampling:
-                self._rank_done(timers)
-                self._apply_curriculum(observed)
-                return Sample(apply_kept_tokens(batch, out), out, {}, generated, spec)
+                r.batches.append((batch, out))
+                return r
             score = out.total if t.dynamic_sampling_metric == "reward" else out.correct.to(torch.float32)
             for g in range(len(batch.prompts)):
                 rows = (batch.prompt_index == g).nonzero().flatten()
-                (kept if score[rows].std() > 0 else dropped).append((batch, out, rows))
-            if len(kept) >= self.quota or rounds >= t.max_sample_rounds:
-                break
-        self._rank_done(timers)
-        chosen, stats = self._choose(kept, dropped)
-        stats |= {"rollout/sample_rounds": rounds, "rollout/kept_group_frac": len(kept) / (len(kept) + len(dropped))}
-        self._apply_curriculum(observed)
+                (r.kept if score[rows].std() > 0 else r.dropped).append((batch, out, rows))
+            if len(r.kept) >= self.quota or r.rounds >= t.max_sample_rounds:
+                return r
+
+    def select(self, r: Rounds) -> Sample:
+        """Phase 3: the groups this rank trains on (dynamic sampling's kept groups, the curriculum's share of
+        all-correct ones, fillers), and the step's one curriculum update from every rank's rounds (a collective:
+        after the idle window, so a rank that finished early does not wait in it)."""
+        if not self.cfg.trainer.dynamic_sampling:
+            self._apply_curriculum(r.observed)
+            batch, out = r.batches[0]
+            return Sample(apply_kept_tokens(batch, out), out, {}, r.generated, r.spec)
+        chosen, stats = self._choose(r.kept, r.dropped)
+        stats |= {"rollout/sample_rounds": r.rounds,
+                  "rollout/kept_group_frac": len(r.kept) / (len(r.kept) + len(r.dropped))}
+        self._apply_curriculum(r.observed)
         batch = concat_batches([select_rows(b, rows) for b, _, rows in chosen])
         out = concat_outputs([select_output(o, rows) for _, o, rows in chosen])
-        return Sample(apply_kept_tokens(batch, out), out, stats, generated, spec)
+        return Sample(apply_kept_tokens(batch, out), out, stats, r.generated, r.spec)
 
     def rollout(self, step: int, round_: int = 0) -> RolloutBatch:
         r = self.cfg.rollout
@@ -127,11 +146,6 @@ class Sampler:
         return out
 
     # ------------------------------------------------------------------ helpers
-    def _rank_done(self, timers: Timers) -> None:
-        if self.after_rollout is not None:
-            with timers("idle"):
-                self.after_rollout()
-
     def _choose(self, kept: list, dropped: list) -> tuple[list, dict]:
         """Kept groups up to the quota, a curriculum share of all-correct dropped groups, then dropped fillers."""
         easy_ids, stats = [], {}

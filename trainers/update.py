@@ -1,4 +1,4 @@
-"""Steps 4-5 of the RL step: the trainer's forward pass over the rollouts, then the policy (and critic) updates.
+"""Phases 4 and 6 of the RL step: the trainer's forward pass over the rollouts, then the policy (and critic) updates.
 
 **Forward** (no grad, only what the configuration needs):
 - ``old_logprobs``: the trainer's log-probs of the sampling policy; needed when the update is off-policy
@@ -15,6 +15,11 @@
 
 and, with a critic, the clipped value loss against the returns. The update knows no algorithm: advantages and
 returns arrive finished.
+
+**The drafter's features** (``want_features``): the hidden states of the first forward pass over every row with
+the sampling policy's weights, as :class:`~drafters.types.DrafterBatch` rows on CPU, returned by the forward when it
+runs a policy pass (``old_logprobs``), else by the update (its first epoch's first mini-batch, which is every row
+when the update is on-policy). The drafter phase consumes them; no second forward pass, no callback.
 """
 from __future__ import annotations
 
@@ -22,12 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers import distributed
-from trainers.aggregation import GlobalCounts, aggregate, local_counts
+from drafters.types import DrafterBatch
+from trainers.backend import distributed
+from trainers.algo.aggregation import GlobalCounts, aggregate, local_counts
 from trainers.config import Config
-from trainers.logprobs import completion_logprobs, completion_values
-from trainers.losses import KL, LOSS, SAMPLER_CORRECTION, ISWeights, clipped_value_loss
-from trainers.types import LossInput
+from trainers.backend.logprobs import completion_logprobs, completion_values
+from trainers.algo.losses import KL, LOSS, SAMPLER_CORRECTION, ISWeights, clipped_value_loss
+from trainers.algo.types import LossInput
+from trainers.metrics import Sums
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,13 @@ class Forward:
     ref_logprobs: torch.Tensor | None  # [B,T] frozen reference log-probs
     values: torch.Tensor | None  # [B,T] critic values V_t at rollout time
     is_weights: ISWeights | None  # [B,T] sampler-mismatch weights and kept tokens
+    features: list[DrafterBatch] | None = None  # the drafter's rows from the policy pass (on CPU), when it ran
+
+
+@dataclass(frozen=True)
+class UpdateOutput:
+    sums: Sums  # this rank's metric sums of the step (trainers.metrics.SUM_KEYS)
+    features: list[DrafterBatch] | None  # the drafter's rows from the first epoch, when the forward had none
 
 
 @dataclass(frozen=True)
@@ -62,23 +76,19 @@ class Rows:
         return start + torch.sort(lens, stable=True).indices
 
 
-SUM_KEYS = ("loss", "entropy", "clip_frac", "tokens", "kept_tokens", "grad_norm", "sampler_kl", "mismatch_ratio",
-            "ref_kl", "vf_loss", "vf_clip_frac", "critic_grad_norm", "nonfinite", "critic_nonfinite")
-
-
 class Updater:
-    """``on_features`` (optional) receives the :class:`~trainers.logprobs.Features` of the first forward pass over
-    every row with the sampling policy's weights: the forward phase's when it runs, else the first update epoch's."""
+    """``want_features``: return the drafter's rows of the step (module docstring)."""
 
-    def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None, on_features=None) -> None:
+    def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None,
+                 want_features: bool = False) -> None:
         self.cfg, self.policy, self.critic, self.reference, self.pad_id = cfg, policy, critic, reference, pad_id
-        self.on_features = on_features
+        self.want_features = want_features
         a, t = cfg.algo, cfg.trainer
         self.on_policy = t.epochs * t.mini_batches == 1
         self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
         self._force_skip = False  # this step's rewards/advantages were non-finite: skip all its optimizer steps
 
-    def _backward_step(self, engine, loss: torch.Tensor, output: torch.Tensor, key: str, sums: dict) -> None:
+    def _backward_step(self, engine, loss: torch.Tensor, output: torch.Tensor, key: str, sums: Sums) -> None:
         """Backward and micro-step of ``engine``. A non-finite loss on any rank (or a forced skip) backpropagates
         a zero through ``output`` instead (keeping every rank's collectives in step) and makes the optimizer step it
         belongs to a skipped one, counted in ``sums[key]`` at its boundary."""
@@ -88,7 +98,7 @@ class Updater:
         engine.backward(loss)
         engine.step(skip=engine.skip_pending)
         if engine.at_boundary:
-            sums[key] += float(engine.skip_pending)
+            sums.add(key, float(engine.skip_pending))
             engine.skip_pending = False
 
     @staticmethod
@@ -101,7 +111,8 @@ class Updater:
     @torch.no_grad()
     def forward(self, rows: Rows, timers) -> Forward:
         self.policy.module.eval()
-        old = self._map(rows, lambda r: self._policy_logprobs(r)) if self.needs_old else None
+        features = [] if self.want_features and self.needs_old else None
+        old = self._map(rows, lambda r: self._policy_logprobs(r, features)) if self.needs_old else None
         ref = None
         if self.reference is not None:
             with timers("ref"), self.reference.module() as ref_model:
@@ -114,12 +125,12 @@ class Updater:
         if self.cfg.algo.sampler_correction != "none" and rows.sampler_logprobs is not None:
             isw = SAMPLER_CORRECTION.get_or_raise(self.cfg.algo.sampler_correction, "algo.sampler_correction")(
                 old, rows.sampler_logprobs, rows.mask, self.cfg.algo.sampler_is_cap)
-        return Forward(old, ref, values, isw)
+        return Forward(old, ref, values, isw, features)
 
-    def _policy_logprobs(self, r: Rows) -> torch.Tensor:
+    def _policy_logprobs(self, r: Rows, features: list | None) -> torch.Tensor:
         lp, _, feats = self._logprobs(self.policy.module, r)
-        if self.on_features is not None:
-            self.on_features(feats)
+        if features is not None:
+            features.append(_drafter_rows(feats))
         return lp
 
     def _logprobs(self, model, r: Rows):
@@ -138,17 +149,18 @@ class Updater:
 
     # ------------------------------------------------------------------ update
     def update(self, rows: Rows, adv: torch.Tensor, returns: torch.Tensor | None, fwd: Forward,
-               skip: bool = False) -> dict[str, float]:
-        """All epochs and mini-batches; returns this rank's metric sums (SUM_KEYS). ``skip`` (non-finite rewards or
-        advantages on some rank) runs every optimizer step at learning rate 0, as a non-finite loss does."""
+               skip: bool = False) -> UpdateOutput:
+        """All epochs and mini-batches -> this rank's metric sums (and the drafter's rows when the forward had none).
+        ``skip`` (non-finite rewards or advantages on some rank) runs every optimizer step at learning rate 0, as a
+        non-finite loss does."""
         self._force_skip = skip
         t, a = self.cfg.trainer, self.cfg.algo
         self.policy.module.train()
         n = len(rows.prompt_ids)
         mb_size = n // t.mini_batches
         keep = fwd.is_weights.keep if fwd.is_weights is not None else rows.mask
-        sums = dict.fromkeys(SUM_KEYS, 0.0)
-        collect = self.on_features is not None and not self.needs_old  # else the forward phase already handed them
+        sums = Sums()
+        features = [] if self.want_features and fwd.features is None else None
         for epoch in range(t.epochs):
             for m0 in range(0, n, mb_size):
                 counts = distributed.all_sum(local_counts(keep[m0:m0 + mb_size]))
@@ -156,21 +168,22 @@ class Updater:
                 order = rows.by_length(m0, m0 + mb_size)  # same mini-batch, micro-batches of similar length
                 for s in range(0, mb_size, t.micro_batch_size):
                     sl = order[s:s + t.micro_batch_size]
-                    self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums, collect and epoch == 0 and m0 == 0)
+                    self._policy_micro(rows.slice(sl), adv[sl], fwd, sl, g, sums,
+                                       features if epoch == 0 and m0 == 0 else None)
                     if self.critic is not None:
                         self._critic_micro(rows.slice(sl), returns[sl], fwd.values[sl], g, sums)
-                sums["grad_norm"] += self.policy.grad_norm()
+                sums.add("grad_norm", self.policy.grad_norm())
                 if self.critic is not None:
-                    sums["critic_grad_norm"] += self.critic.grad_norm()
-        return sums
+                    sums.add("critic_grad_norm", self.critic.grad_norm())
+        return UpdateOutput(sums, features)
 
     def _policy_micro(self, r: Rows, adv: torch.Tensor, fwd: Forward, sl: slice | torch.Tensor, g: GlobalCounts,
-                      sums: dict, collect: bool = False) -> None:
+                      sums: Sums, features: list | None = None) -> None:
         a = self.cfg.algo
         self.policy.begin_micro()
         lp, ent, feats = self._logprobs(self.policy.module, r)
-        if collect:
-            self.on_features(feats)
+        if features is not None:
+            features.append(_drafter_rows(feats))
         dev = lp.device
         mask = r.mask.to(dev)
         old = fwd.old_logprobs[sl].to(dev) if fwd.old_logprobs is not None else lp.detach()
@@ -186,20 +199,20 @@ class Updater:
         loss = aggregate(per_token, isw.keep, a.aggregation, g)
         self._backward_step(self.policy, loss, lp, "nonfinite", sums)
         mf = mask.to(torch.float32)
-        sums["loss"] += float(loss.detach())
-        sums["entropy"] += float((ent.detach() * mf).sum())
-        sums["clip_frac"] += float(out.metrics["clip_frac"].sum())
-        sums["tokens"] += float(mf.sum())
-        sums["kept_tokens"] += float(isw.keep.sum())
+        sums.add("loss", float(loss.detach()))
+        sums.add("entropy", float((ent.detach() * mf).sum()))
+        sums.add("clip_frac", float(out.metrics["clip_frac"].sum()))
+        sums.add("tokens", float(mf.sum()))
+        sums.add("kept_tokens", float(isw.keep.sum()))
         if ref_kl is not None:
-            sums["ref_kl"] += float(ref_kl.detach().sum())
+            sums.add("ref_kl", float(ref_kl.detach().sum()))
         if r.sampler_logprobs is not None:
             sampler = r.sampler_logprobs.to(dev)
-            sums["sampler_kl"] += float((KL["k3"](sampler, old) * mf).sum())  # KL(vLLM || trainer), k3 estimate
-            sums["mismatch_ratio"] += float((torch.exp((old - sampler).clamp(-20, 20)) * mf).sum())
+            sums.add("sampler_kl", float((KL["k3"](sampler, old) * mf).sum()))  # KL(vLLM || trainer), k3 estimate
+            sums.add("mismatch_ratio", float((torch.exp((old - sampler).clamp(-20, 20)) * mf).sum()))
 
     def _critic_micro(self, r: Rows, returns: torch.Tensor, old_values: torch.Tensor, g: GlobalCounts,
-                      sums: dict) -> None:
+                      sums: Sums) -> None:
         self.critic.module.train()
         self.critic.begin_micro()
         v = completion_values(self.critic.module, r.prompt_ids, r.completion_ids, r.mask, self.pad_id)
@@ -207,8 +220,14 @@ class Updater:
         out = clipped_value_loss(v, old_values.to(dev), returns.to(dev), r.mask.to(dev), self.cfg.critic.value_clip)
         loss = aggregate(out.per_token, r.mask.to(dev), self.cfg.algo.aggregation, g)
         self._backward_step(self.critic, loss, v, "critic_nonfinite", sums)
-        sums["vf_loss"] += float(loss.detach())
-        sums["vf_clip_frac"] += float(out.metrics["vf_clip_frac"].sum())
+        sums.add("vf_loss", float(loss.detach()))
+        sums.add("vf_clip_frac", float(out.metrics["vf_clip_frac"].sum()))
+
+
+def _drafter_rows(feats) -> DrafterBatch:
+    """The drafter's view of one micro-batch's features, moved to CPU (GPU memory is not held through the update)."""
+    b = feats.to_drafter_batch()
+    return DrafterBatch(b.token_ids.cpu(), b.hidden_states.detach().cpu(), b.valid.cpu(), b.target.cpu())
 
 
 def _slice_is(w: ISWeights, sl: slice | torch.Tensor, device) -> ISWeights:

@@ -282,12 +282,35 @@ def _sft_in_this_process(model, tokenizer, train_rows: list[dict], params: dict,
         dataloader_num_workers=0,
         completion_only_loss=True,
         gradient_checkpointing=False,  # TRL turns it on by default; it only costs time for a model this small
+        disable_tqdm=True,  # the bar below is drawn on the terminal (a run's console sends the library's to its log)
     )
     data = sft_dataset(train_rows, params["seed"], tokenizer, params)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         callbacks=[_ProgressCallback()])
     trainer.train()
     shutil.rmtree(work_dir, ignore_errors=True)
     model.eval()
+
+
+def _ProgressCallback():
+    """A ``transformers`` callback drawing the SFT's progress bar on the terminal (:mod:`trainers.run.console`)."""
+    from transformers import TrainerCallback
+
+    from trainers.run.console import progress_bar
+
+    class Progress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress_bar(total=state.max_steps, desc="base model SFT", unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return Progress()
 
 
 def sample_completions(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int,

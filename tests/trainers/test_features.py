@@ -8,7 +8,7 @@ import torch
 def test_drafter_targets_are_the_states_that_score_completion_tokens_1_to_n_minus_1():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.logprobs import completion_logprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

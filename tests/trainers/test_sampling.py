@@ -1,6 +1,7 @@
-"""The sample phase on a real engine: with dynamic sampling a rank runs as many rounds as it needs, and the hook of
-the drafter's idle window (a collective with several ranks) runs once per step, after the rank's last round, so
-ranks that ran different numbers of rounds still post it the same number of times."""
+"""Phases 1-3 on a real engine: with dynamic sampling a rank runs as many rounds as it needs in phase 1, and phase 3
+rolls nothing out, so the drafter's idle window between them (a collective with several ranks) runs once per step,
+after the rank's last round, and ranks that ran different numbers of rounds still post it the same number of
+times."""
 from dataclasses import replace
 
 import pytest
@@ -39,11 +40,13 @@ def test_idle_window_opens_once_after_the_ranks_last_round(base_model_dir, engin
     sampler = Sampler(cfg, engine, AutoTokenizer.from_pretrained(base_model_dir),
                       to_prompts(train, engine.tokenizer, cfg.data), rank=0, world_size=1)
     sample_calls, rounds_at_idle = [], []
-    sampler.after_rollout = lambda: rounds_at_idle.append(len(sample_calls))
     stock = sampler.rollout
     sampler.rollout = lambda *a, **k: sample_calls.append(1) or stock(*a, **k)
     timers = Timers()
-    sample = sampler.sample(1, timers)
+    rounds = sampler.roll_out(1, timers)  # the phases of Trainer.train_step: 1 roll out, 2 idle window, 3 select
+    with timers("idle"):
+        rounds_at_idle.append(len(sample_calls))
+    sample = sampler.select(rounds)  # selecting rolls nothing out: the idle window came after the last round
     assert bool(sample.batch.truncated.all()) and float(sample.rewards.total.abs().sum()) == 0.0
     assert len(sample_calls) == (3 if dynamic else 1)
     assert rounds_at_idle == [len(sample_calls)]  # once, after the last round

@@ -26,7 +26,7 @@ class ExportError(RuntimeError):
 
 # ------------------------------------------------------------------ where the weights come from
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    from trainers.checkpoint import complete_checkpoints
+    from trainers.run.checkpoint import complete_checkpoints
 
     return [s for s, _ in complete_checkpoints(Path(run_dir) / "checkpoints")]
 
@@ -82,8 +82,8 @@ def write_card(folder: str | Path, run_dir: str | Path, step: int | None = None,
                final_path: str | Path | None = None) -> Path:
     """``README.md`` + ``pareto.png`` of ``folder`` (an export of ``run_dir`` at ``step``; None = the final one).
     ``final_path``: where the folder will live (it may be written under a temporary name first)."""
-    from trainers.plots import eval_points, pareto_plot
-    from trainers.runlog import atomic_write_text
+    from trainers.run.plots import eval_points, pareto_plot
+    from trainers.run.runlog import atomic_write_text
 
     folder, run = Path(folder), Path(run_dir)
     config = _read_yaml(run / "config.yaml")

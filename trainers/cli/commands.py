@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from trainers.export import ExportError, export_source, is_hf_model
+from trainers.cli.export import ExportError, export_source, is_hf_model
 
 
 class CommandError(ValueError):
@@ -85,7 +85,7 @@ def _coerce(key: str, value: str, kind: type):
 
 # ------------------------------------------------------------------ export
 def export_command(argv: list[str]) -> Path:
-    from trainers.export import push_to_hub, write_export
+    from trainers.cli.export import push_to_hub, write_export
 
     a, _ = parse_args(ExportArgs, argv, "export")
     if not a.run:
@@ -160,7 +160,7 @@ def eval_out(a: EvalArgs, models: list[EvalModel]) -> Path:
 
 def evaluate_models(models: list[EvalModel], cfg, rows: list[dict], data_name: str, out: Path) -> list[dict]:
     """Each model in a fresh engine under ``cfg``; eval.jsonl records appended in ``out``, the plot, a table."""
-    from trainers import distributed
+    from trainers.backend import distributed
 
     # a one-rank group of our own, as in training: every engine then joins it (external_launcher), so engines can
     # be started one after another in this process (vLLM would otherwise create a group the next engine trips on)
@@ -188,7 +188,7 @@ def _evaluate_one(model: EvalModel, cfg, rows: list[dict], name: str, out: Path)
     from rollout.vllm_engine import VLLMEngine
     from trainers.data import to_prompts
     from trainers.evaluation import evaluate
-    from trainers.runlog import RunFolder
+    from trainers.run.runlog import RunFolder
 
     prompts = to_prompts(rows, AutoTokenizer.from_pretrained(model.path), cfg.data)
     engine = VLLMEngine(str(model.path), cfg.rollout, seed=cfg.run.seed)
@@ -209,7 +209,7 @@ def _evaluate_one(model: EvalModel, cfg, rows: list[dict], name: str, out: Path)
 
 
 def _report(records: list[dict], out: Path) -> None:
-    from trainers.plots import eval_points, pareto_plot
+    from trainers.run.plots import eval_points, pareto_plot
 
     plot = pareto_plot(eval_points(records, label_key="label"), out / "pareto.png",
                        title=f"{records[0]['dataset']}: accuracy vs mean tokens")

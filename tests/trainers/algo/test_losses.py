@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from trainers.config import AlgoConfig
-from trainers.losses import LOSS
-from trainers.types import LossInput
+from trainers.algo.config import AlgoConfig
+from trainers.algo.losses import LOSS
+from trainers.algo.types import LossInput
 
 
 def _loss(ratio, adv, lo=0.2, hi=0.28):
@@ -47,7 +47,7 @@ def test_masked_tokens_contribute_nothing():
 
 # ------------------------------------------------------------------------------------------ KL estimators
 def test_kl_estimators_by_hand():
-    from trainers.losses import KL
+    from trainers.algo.losses import KL
 
     lp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
     assert KL["k1"](lp, ref).item() == pytest.approx(math.log(2))
@@ -56,7 +56,7 @@ def test_kl_estimators_by_hand():
 
 
 def test_k3_is_unbiased_for_kl_and_nonnegative():
-    from trainers.losses import KL
+    from trainers.algo.losses import KL
 
     p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.4, 0.4, 0.2])
     exact = float((p * (p / q).log()).sum())
@@ -67,7 +67,7 @@ def test_k3_is_unbiased_for_kl_and_nonnegative():
 
 # ------------------------------------------------------------------------------ sampler mismatch correction
 def _is(kind, log_ratios, cap=2.0, mask=None):
-    from trainers.losses import SAMPLER_CORRECTION
+    from trainers.algo.losses import SAMPLER_CORRECTION
 
     lr = torch.tensor([log_ratios])
     m = torch.ones_like(lr, dtype=torch.bool) if mask is None else torch.tensor([mask])
@@ -101,7 +101,7 @@ def test_seq_mis_rejects_whole_rows():
 
 # ------------------------------------------------------------------------------------------ value loss
 def test_clipped_value_loss_by_hand():
-    from trainers.losses import clipped_value_loss
+    from trainers.algo.losses import clipped_value_loss
 
     v, old, ret = torch.tensor([[1.0, 0.1]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]])
     out = clipped_value_loss(v, old, ret, torch.ones(1, 2, dtype=torch.bool), clip=0.2)

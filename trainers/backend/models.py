@@ -1,7 +1,7 @@
 """The networks the trainer owns besides the rollout engine: the policy (optionally with LoRA adapters through
 ``peft``), the PPO critic (a value head on a transformer backbone) and the frozen KL reference.
 
-All take a HF model folder; none imports DeepSpeed (the engines wrap them in :mod:`trainers.engine`).
+All take a HF model folder; none imports DeepSpeed (the engines wrap them in :mod:`trainers.backend.engine`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def load_policy(path: str, cfg: Config) -> torch.nn.Module:
     weights are frozen."""
     from transformers import AutoModelForCausalLM
 
-    from trainers.engine import torch_dtype
+    from trainers.backend.engine import torch_dtype
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype))
     if cfg.model.gradient_checkpointing:
@@ -46,13 +46,13 @@ def with_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
 
 def decoder(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer backbone (hidden states, no LM head) of a HF causal LM, through a peft wrapper if any."""
-    from trainers.weights import hf_root
+    from trainers.backend.weights import hf_root
 
     return hf_root(model).get_decoder()
 
 
 def lm_head(model: torch.nn.Module) -> torch.nn.Module:
-    from trainers.weights import hf_root
+    from trainers.backend.weights import hf_root
 
     return hf_root(model).get_output_embeddings()
 
@@ -79,7 +79,7 @@ def load_critic(policy_path: str, cfg: Config) -> ValueModel:
     its own (a smaller model may serve as the critic: it sees the same token ids, so it must share the tokenizer)."""
     from transformers import AutoConfig, AutoModel
 
-    from trainers.engine import torch_dtype
+    from trainers.backend.engine import torch_dtype
 
     path = policy_path if cfg.critic.model == "policy" else cfg.critic.model
     backbone = AutoModel.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype))
@@ -99,7 +99,7 @@ class Reference:
         if not self.shares_policy:
             from transformers import AutoModelForCausalLM
 
-            from trainers.engine import torch_dtype
+            from trainers.backend.engine import torch_dtype
 
             self.model = AutoModelForCausalLM.from_pretrained(cfg.model.ref_path or policy_path,
                                                               dtype=torch_dtype(cfg.model.dtype)).to(device)

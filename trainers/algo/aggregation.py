@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from laconic.registry import Registry
+
 
 @dataclass(frozen=True)
 class GlobalCounts:
@@ -41,19 +43,16 @@ def _seq_mean_token_sum_norm(l, m, g: GlobalCounts):
     return (l * m).sum() / (max(g.sequences, 1.0) * g.norm_length)
 
 
-AGGREGATIONS = {
-    "token-mean": _token_mean,
-    "seq-mean-token-mean": _seq_mean_token_mean,
-    "seq-mean-token-sum": _seq_mean_token_sum,
-    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
-}
+AGGREGATIONS = Registry("loss aggregation")
+AGGREGATIONS.add("token-mean", _token_mean)
+AGGREGATIONS.add("seq-mean-token-mean", _seq_mean_token_mean)
+AGGREGATIONS.add("seq-mean-token-sum", _seq_mean_token_sum)
+AGGREGATIONS.add("seq-mean-token-sum-norm", _seq_mean_token_sum_norm)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, global_counts: GlobalCounts) -> torch.Tensor:
     """per_token [B,T], mask [B,T] -> scalar contribution of this shard to the global aggregate."""
-    if mode not in AGGREGATIONS:
-        raise KeyError(f"algo.aggregation={mode!r} is not one of {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[mode](per_token, mask.to(per_token.dtype), global_counts)
+    return AGGREGATIONS.get_or_raise(mode, "algo.aggregation")(per_token, mask.to(per_token.dtype), global_counts)
 
 
 def local_counts(mask: torch.Tensor) -> torch.Tensor:

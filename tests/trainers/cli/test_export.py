@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import launch
-from trainers.commands import CommandError, ExportArgs, parse_args
-from trainers.export import ExportError, model_card, serving_config, write_export
-from trainers.plots import ParetoPoint, pareto_frontier, pareto_plot
+from trainers.cli.commands import CommandError, ExportArgs, parse_args
+from trainers.cli.export import ExportError, model_card, serving_config, write_export
+from trainers.run.plots import ParetoPoint, pareto_frontier, pareto_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SENTINEL = "hf_laconicTestTokenNeverWritten0123456789"
@@ -152,7 +152,7 @@ def test_export_never_overwrites_a_folder(tmp_path):
 
 
 def _push(folder: Path, tmp_path: Path, run_cmd, **env: str):
-    code = "import sys; from trainers.export import push_to_hub; push_to_hub(sys.argv[1], 'laconic-test/tiny')"
+    code = "import sys; from trainers.cli.export import push_to_hub; push_to_hub(sys.argv[1], 'laconic-test/tiny')"
     hf_home = tmp_path / "hf_home"  # no stored token here
     return run_cmd([sys.executable, "-c", code, str(folder)], check=False, HF_HOME=str(hf_home),
                    HF_TOKEN_PATH=str(hf_home / "token"), **env)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from trainers.config import AlgoConfig
-from trainers.registry import Registry
-from trainers.types import AdvantageInput
+from trainers.algo.config import AlgoConfig
+from laconic.registry import Registry
+from trainers.algo.types import AdvantageInput
 
 ADVANTAGE = Registry("advantage estimator")
 

@@ -1,6 +1,6 @@
 """Per-token policy losses, one signature: ``fn(LossInput, AlgoConfig) -> LossOutput``.
 
-Losses return per-token values; how they are averaged is :mod:`trainers.aggregation`'s explicit choice.
+Losses return per-token values; how they are averaged is :mod:`trainers.algo.aggregation`'s explicit choice.
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers.config import AlgoConfig
-from trainers.registry import Registry
-from trainers.types import LossInput, LossOutput
+from trainers.algo.config import AlgoConfig
+from laconic.registry import Registry
+from trainers.algo.types import LossInput, LossOutput
 
 LOSS = Registry("policy loss")
 

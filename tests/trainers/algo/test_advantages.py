@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from trainers.advantages import ADVANTAGE, group_stats
-from trainers.config import AlgoConfig
-from trainers.types import AdvantageInput
+from trainers.algo.advantages import ADVANTAGE, group_stats
+from trainers.algo.config import AlgoConfig
+from trainers.algo.types import AdvantageInput
 
 
 def _inp(rewards, groups, width=3):
@@ -85,7 +85,7 @@ def _dler_rank(rank, port, q):
 
     import torch.distributed as dist
 
-    from trainers.distributed import all_sum
+    from trainers.backend.distributed import all_sum
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -167,7 +167,7 @@ def test_gae_without_values_is_an_error():
 
 
 def test_masked_whiten_by_hand():
-    from trainers.advantages import masked_whiten
+    from trainers.algo.advantages import masked_whiten
 
     x = torch.tensor([[1.0, 3.0], [5.0, 100.0]])
     out = masked_whiten(x, torch.tensor([[True, True], [True, False]]), eps=0.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainers.config import LoraConfig
-from trainers.weights import buckets, sync_units, unit_tensors
+from trainers.backend.weights import buckets, sync_units, unit_tensors
 
 
 def _tiny_llama(seed=0, tie=False):
@@ -31,7 +31,7 @@ def test_plain_model_units_reproduce_state_dict(tie):
 
 
 def test_lora_units_equal_peft_merge_and_leave_trainer_copy_unmerged():
-    from trainers.models import with_lora
+    from trainers.backend.models import with_lora
 
     model = with_lora(_tiny_llama(), LoraConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"]))
     with torch.no_grad():  # peft starts with B = 0 (no change); make the adapters matter
@@ -51,7 +51,7 @@ def test_lora_units_equal_peft_merge_and_leave_trainer_copy_unmerged():
 
 
 def test_lora_with_no_matching_target_names_the_modules():
-    from trainers.models import with_lora
+    from trainers.backend.models import with_lora
 
     with pytest.raises(ValueError, match="match no module.*q_proj"):
         with_lora(_tiny_llama(), LoraConfig(rank=4, target_modules=["query", "value"]))
@@ -67,7 +67,7 @@ def test_buckets_respect_size_and_keep_order():
 
 def test_zero3_engine_gathers_buckets_into_the_full_state_dict(one_rank):
     from recipes.loader import load
-    from trainers.engine import TrainEngine, policy_optim
+    from trainers.backend.engine import TrainEngine, policy_optim
 
     cfg, _ = load("tiny_grpo", ["deepspeed.zero_stage=3", "trainer.micro_batch_size=1"])
     model = _tiny_llama(seed=3)
@@ -88,8 +88,8 @@ def test_gradient_accumulation_over_micro_batches_equals_one_batch(one_rank, sta
     accumulate: 2 micro-batches of 2 give the same gradient norm and update as 1 batch of 4 (ZeRO-3 used to keep
     only the last micro-batch's gradient)."""
     from recipes.loader import load
-    from trainers.engine import TrainEngine, policy_optim
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.engine import TrainEngine, policy_optim
+    from trainers.backend.logprobs import completion_logprobs
 
     torch.manual_seed(0)
     prompts = [torch.randint(1, 40, (int(n),)).tolist() for n in (3, 5, 4, 6)]
@@ -119,8 +119,8 @@ def test_updater_length_sorted_micro_batches_equal_one_batch(one_rank):
     written by hand over the rows in their own order (on-policy PPO-clip at ratio 1 = -A * logp, token-mean), so
     every row meets its own advantage."""
     from recipes.loader import load
-    from trainers.engine import TrainEngine, policy_optim
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.engine import TrainEngine, policy_optim
+    from trainers.backend.logprobs import completion_logprobs
     from trainers.update import Forward, Rows, Updater
 
     torch.manual_seed(1)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainers import distributed
+from trainers.backend import distributed
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -85,6 +85,23 @@ def resolve(resume: str, root: Path) -> Path | None:
     if not (path / "COMPLETE").exists():
         raise FileNotFoundError(f"run.resume={resume!r} is not a complete checkpoint folder (no COMPLETE marker)")
     return path
+
+
+def check_resume(resume: str) -> None:
+    """``run.resume`` naming a folder must name a complete checkpoint; checked before any work (a ValueError naming
+    the field, with the newest complete checkpoint when the folder is a run folder or its ``checkpoints/``)."""
+    if resume in ("none", "auto"):
+        return
+    path = Path(resume)
+    if (path / "COMPLETE").exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"run.resume={resume!r} is not a folder (use 'auto', 'none' or a checkpoint folder "
+                         "RUN/checkpoints/step_N)")
+    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
+    hint = (f"; did you mean run.resume={str(found[-1][1])!r} (its newest complete checkpoint), or run.resume=auto "
+            f"with run.output_dir={str(path)!r}?" if found else "; it holds no complete checkpoint either")
+    raise ValueError(f"run.resume={resume!r} is not a complete checkpoint folder (no COMPLETE marker){hint}")
 
 
 def load(engines: dict, folder: Path) -> dict:

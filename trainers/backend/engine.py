@@ -1,7 +1,7 @@
 """DeepSpeed engines for the policy and the critic: the only module that imports DeepSpeed.
 
 Gradients of one optimizer step are accumulated over micro-batches with ``scale_wrt_gas=False``: the caller's
-loss is already each micro-batch's exact share of the global aggregate (see :mod:`trainers.aggregation`), and
+loss is already each micro-batch's exact share of the global aggregate (see :mod:`trainers.algo.aggregation`), and
 DeepSpeed averages gradients over data-parallel ranks, so each rank's loss is multiplied by the world size.
 
 Under ZeRO-3 parameters are partitioned; :meth:`TrainEngine.iter_hf_weights` gathers them a bucket of modules at a
@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from trainers.config import Config
-from trainers.weights import buckets, sync_units, unit_tensors
+from trainers.backend.weights import buckets, sync_units, unit_tensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trainers.aggregation import AGGREGATIONS, GlobalCounts, aggregate, local_counts
+from trainers.algo.aggregation import AGGREGATIONS, GlobalCounts, aggregate, local_counts
 
 L = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0], [2.0, 2.0, 0.0]])
 M = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
@@ -51,7 +51,7 @@ def test_unknown_mode_names_field():
 def _rank(rank, world, port, mode, q):
     import torch.distributed as dist
 
-    from trainers.distributed import all_sum
+    from trainers.backend.distributed import all_sum
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

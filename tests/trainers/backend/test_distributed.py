@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBE = ("import torch; from trainers.distributed import share_cpu_threads; "
+ROOT = Path(__file__).resolve().parents[3]
+PROBE = ("import torch; from trainers.backend.distributed import share_cpu_threads; "
          "before = torch.get_num_threads(); set_ = share_cpu_threads(); print(before, set_, torch.get_num_threads())")
 
 

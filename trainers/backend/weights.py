@@ -4,7 +4,7 @@ export receive.
 A *unit* is a module whose parameters travel together: a leaf module with its own parameters, or a whole LoRA layer
 (base weight + adapters), which leaves as one merged tensor ``W + (alpha / r) B A`` computed on the fly — the
 trainer's own copy is never merged, so its weights and optimizer state stay exactly as they were. Units are what
-ZeRO-3 gathers (see :meth:`trainers.engine.TrainEngine.iter_hf_weights`): a bucket of units at a time, never the
+ZeRO-3 gathers (see :meth:`trainers.backend.engine.TrainEngine.iter_hf_weights`): a bucket of units at a time, never the
 whole model.
 
 Names are the plain HF model's (``model.layers.0.self_attn.q_proj.weight``): peft's ``base_model.model.`` prefix

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from drafters.types import DrafterBatch
 from kernels import logprobs_from_hidden
-from trainers.models import decoder, lm_head
+from trainers.backend.models import decoder, lm_head
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Plumbing every room shares (a leaf: imports nothing but the standard library)."""
