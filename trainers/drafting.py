@@ -34,6 +34,7 @@ from drafters.types import DrafterBatch, DrafterStats
 from rollout.types import Prompt, SamplingSpec, SpecStats
 from trainers.backend import distributed
 from trainers.config import Config
+from trainers.metrics import drafter_metrics
 
 
 class DrafterPhase:
@@ -223,11 +224,9 @@ class DrafterPhase:
         return rows, t1, time.perf_counter()
 
     def _after(self, stats: DrafterStats, t0: float) -> dict:
-        overhead = time.perf_counter() - t0  # one rank: training (background: the wait for its step in progress) +
-        # export + swap; several: averaging + swap
-        return {"drafter/train_s": stats.train_s, "drafter/overhead_s": overhead, "drafter/loss": stats.loss,
-                "drafter/top1": stats.top1_agreement, "drafter/steps": stats.steps, "drafter/version":
-                self.drafter.version}
+        # overhead: one rank: training (background: the wait for its step in progress) + export + swap; several:
+        # averaging + swap
+        return drafter_metrics(stats, time.perf_counter() - t0, self.drafter.version)
 
     def _swap(self, engine) -> None:
         self.export = self.drafter.export(self.folder / "current")

@@ -3,7 +3,8 @@
 - :class:`Timers` -> ``time/<phase>_s`` (the phases of :meth:`trainers.rl.Trainer.train_step`);
 - :class:`Sums` (the update's per-token and per-optimizer-step sums, :data:`SUM_KEYS`) and the step's rollout rows
   -> ``reward/*``, ``acc/*``, ``len/*``, ``rollout/*``, ``perf/*``, ``train/*``, ``critic/*`` (:func:`step_metrics`);
-- the rollout's speculative-decoding counters -> ``spec/*`` (:func:`spec_metrics`).
+- the rollout's speculative-decoding counters -> ``spec/*`` (:func:`spec_metrics`);
+- the drafter step's training statistics -> ``drafter/*`` (:func:`drafter_metrics`).
 
 Reductions are rank-count invariant: sums are all-reduced first, then normalised by global counts.
 """
@@ -16,6 +17,7 @@ from typing import Iterator
 
 import torch
 
+from drafters.types import DrafterStats
 from rollout.types import SpecStats
 from trainers.backend import distributed
 
@@ -136,3 +138,10 @@ def spec_metrics(stats: list[SpecStats]) -> dict:
             "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
             "spec/mean_accept_len": total.mean_accept_len,
             "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
+
+
+def drafter_metrics(stats: DrafterStats, overhead_s: float, version: int) -> dict:
+    """``drafter/*`` of one step on this rank: time spent training, wall time the drafter added to the step
+    (training outside idle windows, averaging, export and swap), loss, top-1 agreement, optimizer steps, version."""
+    return {"drafter/train_s": stats.train_s, "drafter/overhead_s": overhead_s, "drafter/loss": stats.loss,
+            "drafter/top1": stats.top1_agreement, "drafter/steps": stats.steps, "drafter/version": version}

@@ -1,4 +1,6 @@
-"""The sample phase: rollouts from the colocated engine, rewards, and which groups a rank trains on.
+"""Phases 1 (roll out) and 3 (select) of the RL step: rollouts from the colocated engine, their rewards, and which
+groups a rank trains on. Between them the loop runs the drafter's idle window (phase 2), so phase 3's collectives
+(the curriculum's gather) never keep a rank that finished early from training the drafter.
 
 Without dynamic sampling a rank trains on exactly the groups it sampled. With it (DAPO, Yu et al. 2025), groups
 whose rewards have zero spread carry no learning signal and are dropped; more prompts are sampled until the rank

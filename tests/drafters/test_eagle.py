@@ -10,6 +10,8 @@ from drafters.eagle import DecoderLayer, EagleHead, llama_sizes
 from drafters.online import OnlineDrafter
 from drafters.types import DrafterBatch
 
+pytestmark = pytest.mark.unit
+
 CFG = {"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "vocab_size": 40, "max_position_embeddings": 128,
        "model_type": "llama", "hidden_act": "silu"}

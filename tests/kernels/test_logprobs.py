@@ -7,6 +7,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import logprobs_from_hidden, logprobs_from_hidden_reference, resolve_backend
 
+pytestmark = pytest.mark.unit
+
 
 def _case(n: int, v: int, h: int, seed: int, scale: float = 0.3, dtype=torch.float32):
     """-> hidden [n,h], weight [v,h] (both requiring grad), ids [n], g_logp [n], g_ent [n]."""

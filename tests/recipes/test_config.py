@@ -8,6 +8,8 @@ import pytest
 from recipes.loader import ConfigError, available, load
 from trainers.config import validate
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

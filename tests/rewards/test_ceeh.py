@@ -5,6 +5,8 @@ import torch
 from rewards import RewardConfig, RewardInput, apply, compute, make_states, observe
 from rewards.ceeh import ema
 
+pytestmark = pytest.mark.unit
+
 
 def _inp(n, correct, groups=None, uids=None, truncated=None):
     b = len(n)

@@ -5,6 +5,8 @@ import torch
 from rewards import RewardConfig, RewardInput, compute
 from rewards.verifiers import exact_integer, extract_answer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text,answer", [
     ("<think>\n1+1=2.\n</think>\nAnswer: 2", "2"),

@@ -6,6 +6,8 @@ from rewards import RewardConfig, RewardInput, compute
 from rewards.config import DECSConfig
 from rewards.decs import first_answer_end, split_chunks
 
+pytestmark = pytest.mark.unit
+
 TEXT = "<think>\n1+1=2. 2*3=6.\nLet me double-check (1).\n1+1=2. 2*3=6.\n</think>\nAnswer: 6"
 
 

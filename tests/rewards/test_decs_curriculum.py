@@ -8,6 +8,8 @@ import torch
 from rewards import DECSCurriculum, RewardConfig, RewardInput
 from rewards.decs_curriculum import all_correct_groups, nrp_ratio, nrp_ratios, select, update
 
+pytestmark = pytest.mark.unit
+
 # thinking chunks: "1+1=2." "2*3=6." "Let me double-check (1)." "1+1=2." "2*3=6." -> answer first in chunk 2 of 5
 LONG = "<think>\n1+1=2. 2*3=6.\nLet me double-check (1).\n1+1=2. 2*3=6.\n</think>\nAnswer: 6"
 SHORT = "<think>\n1+1=2. 2*3=6.\n</think>\nAnswer: 6"  # chunk 2 of 2

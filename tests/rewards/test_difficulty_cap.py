@@ -5,6 +5,8 @@ import torch
 from rewards import RewardConfig, RewardInput, compute
 from rewards.registry import truncated_rows
 
+pytestmark = pytest.mark.unit
+
 
 def _inp(n, correct, groups, truncated=None, max_tokens=400):
     b = len(n)

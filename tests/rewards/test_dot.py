@@ -9,6 +9,8 @@ from rewards.config import DOTConfig
 from rewards.dot import cut_lengths
 from rewards.types import concat_outputs, select_output
 
+pytestmark = pytest.mark.unit
+
 HEAD, TAIL = "<think>\n", "\n</think>\nAnswer: 2"
 
 

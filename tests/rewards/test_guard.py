@@ -8,6 +8,8 @@ from rewards import RewardConfig, RewardInput, compute
 from rewards.guard import load_function
 from rewards.registry import check_names, resolve_verifier, verify_texts
 
+pytestmark = pytest.mark.unit
+
 GOOD = "<think>\n1+1=2.\n</think>\nAnswer: 2"
 
 

@@ -6,6 +6,8 @@ import torch
 
 from rewards import RewardConfig, RewardInput, apply, compute, make_states, observe
 
+pytestmark = pytest.mark.unit
+
 
 def _inp(n, correct, groups=None, targets=None, truncated=None, uids=None):
     b = len(n)

@@ -6,6 +6,8 @@ from rewards import RewardConfig, RewardInput, compute
 from rewards.config import CorrectnessConfig
 from rewards.verifiers import VERIFIERS, math_equivalent
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("completion,answer", [
     ("<think>\nhalf of one\n</think>\nThe answer is \\boxed{\\frac{1}{2}}", "0.5"),

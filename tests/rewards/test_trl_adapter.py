@@ -8,6 +8,7 @@ OK = "<think>\n1+1=2.\n</think>\nAnswer: 2"
 BAD = "<think>\n1+1=3.\n</think>\nAnswer: 3"
 
 
+@pytest.mark.unit
 def test_adapter_groups_by_prompt_and_counts_tokens():
     fn = TRLReward("shorterbetter", RewardConfig(), max_completion_length=1000, eos_token_id=1)
     out = fn(prompts=["p", "p", "q", "q"], completions=[OK, OK, BAD, BAD],
@@ -16,6 +17,7 @@ def test_adapter_groups_by_prompt_and_counts_tokens():
     assert out == pytest.approx([2.0, 2 - 0.199, -0.1, -0.1])
 
 
+@pytest.mark.unit
 def test_adapter_marks_capped_completions_without_eos_truncated():
     cfg = RewardConfig(truncation="zero")
     fn = TRLReward("correctness", cfg, max_completion_length=10, eos_token_id=1)
@@ -23,6 +25,7 @@ def test_adapter_marks_capped_completions_without_eos_truncated():
     assert out == [0.0, 1.0]
 
 
+@pytest.mark.unit
 def test_stateful_adapter_updates_history_between_calls():
     fn = TRLReward("hapo", RewardConfig(), eos_token_id=1)
     kw = dict(prompts=["p", "p"], completions=[OK, OK], answer=["2", "2"], uid=["a", "a"])
@@ -31,6 +34,7 @@ def test_stateful_adapter_updates_history_between_calls():
     assert fn(completion_ids=[[5] * 49 + [1], [5] * 99 + [1]], **kw) == pytest.approx([0.70710678, 0.0])
 
 
+@pytest.mark.unit
 def test_ceeh_through_the_adapter_keeps_its_state_between_calls():
     fn = TRLReward("ceeh", RewardConfig(), max_completion_length=1000, eos_token_id=1)
     kw = dict(prompts=["p", "p", "p"], completions=[OK, OK, BAD], answer=["2"] * 3, uid=["a"] * 3)
@@ -43,6 +47,7 @@ def test_ceeh_through_the_adapter_keeps_its_state_between_calls():
     assert fn.states["ceeh"].opt_len["a"] == pytest.approx(0.8 * 100 + 0.2 * 50)
 
 
+@pytest.mark.unit
 def test_adapter_passes_the_cap_for_difficulty_aware_truncation_and_refuses_transforms():
     cfg = RewardConfig(truncation="zero", difficulty_cap_threshold=0.5)  # easy groups: cap 0.5 * 100 = 50
     fn = TRLReward("correctness", cfg, max_completion_length=100, eos_token_id=1)

@@ -1,7 +1,13 @@
 """The goodput controller that decides per batch size whether and how far to speculate (no engine needed)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from rollout.speculative import SpecController
+from rollout.controller import SpecController
+
+pytestmark = pytest.mark.unit
 
 
 def test_choice_follows_the_best_goodput_per_bucket():
@@ -154,3 +160,26 @@ def test_paused_controller_uses_its_choices_and_learns_nothing():
         c.observe([1, 1], [0, 0])
     c.record(1, chosen, 0.050, measurable=True)
     assert c.state_dict() != before and c.choice[1] == 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_VLLM = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'vllm':
+            raise ImportError('blocked for the test: ' + name)
+sys.meta_path.insert(0, Block())
+from rollout.controller import SpecController
+c = SpecController(k_max=2, buckets=[1, 8], explore_every=0)
+c.observe([4, 4], [3, 2])
+c.record(1, 2, 0.01, measurable=True)
+print('OK', c.k_for(1), 'vllm' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] == 'rollout'))
+"""
+
+
+def test_controller_module_imports_and_runs_without_vllm():
+    """The decision rule is pure: importing and running it pulls in no vLLM and none of the vLLM glue."""
+    p = subprocess.run([sys.executable, "-c", NO_VLLM], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.stdout.startswith("OK 2 False"), p.stderr[-3000:]
+    assert "rollout.vllm" not in p.stdout, p.stdout  # neither vllm_engine nor vllm_patches was imported

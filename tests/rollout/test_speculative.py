@@ -54,7 +54,7 @@ def setup(base_model_dir, tmp_path_factory):
 
 def test_engine_probe_found_and_fixed_the_cpu_expand_bug(setup):
     assert setup["spec"].lossless in ("ok", "patched")
-    from rollout.speculative import expand_ok
+    from rollout.vllm_patches.expand import expand_ok
 
     assert expand_ok()
 
@@ -170,11 +170,11 @@ def test_coupled_sampling_is_token_identical_at_other_temperatures_and_top_p(set
     sampling applies, and through vLLM's processing otherwise (here top-p): either way the tokens and log-probs are
     exactly the plain engine's, and the path taken is the expected one."""
     spec = SamplingSpec(n=300, max_tokens=48, temperature=temperature, top_p=top_p, seed=23)
-    runner = setup["spec"].llm.collective_rpc(lambda w: w.model_runner)[0]
-    runner.laconic_rows_fast = None
+    coupled = setup["spec"].patches.coupled  # the runner's CoupledSampling (it keeps the path taken)
+    coupled.rows_fast = None
     a, b = setup["plain"].generate([setup["prompts"][1]], spec), setup["spec"].generate([setup["prompts"][1]], spec)
     assert b.spec.accepted_tokens > 0.2 * b.spec.draft_tokens
-    assert runner.laconic_rows_fast is fast
+    assert coupled.rows_fast is fast
     assert b.completion_ids.tolist() == a.completion_ids.tolist()
     m = a.completion_mask
     assert (a.sampler_logprobs[m] - b.sampler_logprobs[m]).abs().max() < 1e-4
@@ -260,7 +260,7 @@ def test_without_the_fix_the_same_measurement_fails(setup, base_model_dir):
 
 
 def test_sampler_logprobs_with_speculation_match_the_trainer(setup):
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.logprobs import completion_logprobs
 
     p = setup["prompts"][1]
     batch = setup["spec"].generate([p], SamplingSpec(n=16, max_tokens=120, temperature=1.0, seed=5))
@@ -337,7 +337,7 @@ def test_tail_handoff_after_a_drafterless_body_is_exact(setup, base_model_dir):
     from vllm.inputs import TokensPrompt
 
     from rollout.vllm_engine import VLLMEngine
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.logprobs import completion_logprobs
 
     eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 0,
                                                       "spec_buckets": [8, 256]}), seed=0, drafter=setup["trained"])
@@ -424,13 +424,13 @@ def test_k0_explorations_are_measured_without_the_drafter_forward(setup, base_mo
     eng = VLLMEngine(base_model_dir, RolloutConfig(**{**RC, "spec_adaptive": True, "spec_explore_every": 3,
                                                       "spec_buckets": [8, 256]}), seed=0, drafter=setup["trained"])
     eng.controller.choice = {8: 4, 256: 0}
-    runner = eng.llm.collective_rpc(lambda w: w.model_runner)[0]
+    gate = eng.patches.gate  # the drafter gate (skip flag, timed K = 0 drafter forwards)
     core = eng.llm.llm_engine.engine_core.engine_core
     seen, inner, metered = [], eng.controller.record, core.step_fn
 
     def record(batch, k, seconds, measurable):
-        seen.append(dict(batch=batch, k=k, seconds=seconds, measurable=measurable, kv=runner.laconic_kv_only_s,
-                         skipped=runner.laconic_skip_drafter))
+        seen.append(dict(batch=batch, k=k, seconds=seconds, measurable=measurable, kv=gate.kv_only_s,
+                         skipped=gate.skip))
         inner(batch, k, seconds, measurable)
 
     def timed_step():

@@ -13,7 +13,7 @@ def setup(base_model_dir, one_rank):
 
     from recipes.loader import load
     from rollout.vllm_engine import VLLMEngine
-    from trainers.engine import TrainEngine, policy_optim
+    from trainers.backend.engine import TrainEngine, policy_optim
 
     cfg, _ = load("tiny_grpo", ["optim.lr=3e-3", "optim.grad_clip=0", "trainer.micro_batch_size=1"])
     tok = AutoTokenizer.from_pretrained(base_model_dir)
@@ -66,7 +66,7 @@ def _sft_step(tok, policy, ids, text):
 
 def _trainer_logprob_gap(policy, ids, batch, temperature):
     """Largest |trainer log-prob - sampler log-prob| over a batch of completions of the prompt ``ids``."""
-    from trainers.logprobs import completion_logprobs
+    from trainers.backend.logprobs import completion_logprobs
 
     with torch.no_grad():
         lp, _, _ = completion_logprobs(policy.module, [ids] * len(batch.texts), batch.completion_ids,
@@ -76,7 +76,7 @@ def _trainer_logprob_gap(policy, ids, batch, temperature):
 
 
 def _agreement(model, ids, completion):
-    from trainers.logprobs import greedy_agreement
+    from trainers.backend.logprobs import greedy_agreement
 
     comp = torch.tensor([completion])
     ok, _ = greedy_agreement(model, [ids], comp, torch.ones_like(comp, dtype=torch.bool), 0)

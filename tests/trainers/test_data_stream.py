@@ -7,6 +7,8 @@ import pytest
 from rollout.types import Prompt
 from trainers.data import PromptStream
 
+pytestmark = pytest.mark.unit
+
 PROMPTS = [Prompt(uid=f"p{i}", token_ids=[i]) for i in range(10)]
 
 

@@ -4,6 +4,8 @@ every target position q predicts exactly the completion token at q+1 the trainer
 import pytest
 import torch
 
+pytestmark = pytest.mark.unit
+
 
 def test_drafter_targets_are_the_states_that_score_completion_tokens_1_to_n_minus_1():
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -33,7 +35,7 @@ def test_drafter_targets_are_the_states_that_score_completion_tokens_1_to_n_minu
 
 def test_spec_metrics_pool_a_steps_generate_calls_with_vllms_definitions():
     from rollout.types import SpecStats
-    from trainers.drafting import spec_metrics
+    from trainers.metrics import spec_metrics
 
     calls = [SpecStats(enabled_frac=1.0, drafts=10, draft_tokens=40, accepted_tokens=30, handoffs=2),
              SpecStats(enabled_frac=0.5, drafts=30, draft_tokens=60, accepted_tokens=20)]

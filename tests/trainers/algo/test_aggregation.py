@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 from trainers.algo.aggregation import AGGREGATIONS, GlobalCounts, aggregate, local_counts
 
+
 L = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0], [2.0, 2.0, 0.0]])
 M = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
 
@@ -23,10 +24,12 @@ def _g(mask, norm=4.0):
     ("seq-mean-token-sum", (6 + 4 + 4) / 3),
     ("seq-mean-token-sum-norm", (6 + 4 + 4) / (3 * 4)),  # Dr.GRPO constant L = 4
 ])
+@pytest.mark.unit
 def test_modes_by_hand(mode, expected):
     assert float(aggregate(L, M, mode, _g(M))) == pytest.approx(expected)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
 @pytest.mark.parametrize("split", [[1, 2], [2, 1], [1, 1, 1]])
 def test_split_contributions_sum_to_unsplit(mode, split):
@@ -38,11 +41,13 @@ def test_split_contributions_sum_to_unsplit(mode, split):
     assert float(sum(parts)) == pytest.approx(float(whole))
 
 
+@pytest.mark.unit
 def test_modes_differ_in_length_bias():
     # token-mean gives the long sequence's tokens the same weight; seq-mean-token-mean down-weights them
     assert float(aggregate(L, M, "token-mean", _g(M))) != float(aggregate(L, M, "seq-mean-token-mean", _g(M)))
 
 
+@pytest.mark.unit
 def test_unknown_mode_names_field():
     with pytest.raises(KeyError, match="algo.aggregation"):
         aggregate(L, M, "sum", _g(M))
@@ -80,6 +85,7 @@ def test_two_real_gloo_ranks_give_the_one_rank_scalar(mode):
     assert got[0] == pytest.approx(one) and got[1] == pytest.approx(one)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
 def test_length_sorted_micro_batches_sum_to_unsplit(mode):
     # the updater cuts micro-batches from a by-length order of the mini-batch: any partition sums to the whole
@@ -89,6 +95,7 @@ def test_length_sorted_micro_batches_sum_to_unsplit(mode):
     assert float(sum(parts)) == pytest.approx(float(whole))
 
 
+@pytest.mark.unit
 def test_by_length_order_and_map_restores_row_order():
     from types import SimpleNamespace
 

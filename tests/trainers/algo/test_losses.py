@@ -8,6 +8,8 @@ from trainers.algo.config import AlgoConfig
 from trainers.algo.losses import LOSS
 from trainers.algo.types import LossInput
 
+pytestmark = pytest.mark.unit
+
 
 def _loss(ratio, adv, lo=0.2, hi=0.28):
     old = torch.zeros(1, len(ratio))

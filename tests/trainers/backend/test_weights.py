@@ -21,6 +21,7 @@ def _all(module):
     return {k: v for u in sync_units(module) for k, v in unit_tensors(u)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("tie", [False, True])
 def test_plain_model_units_reproduce_state_dict(tie):
     model = _tiny_llama(tie=tie)
@@ -30,6 +31,7 @@ def test_plain_model_units_reproduce_state_dict(tie):
         torch.testing.assert_close(got[k], want[k])
 
 
+@pytest.mark.unit
 def test_lora_units_equal_peft_merge_and_leave_trainer_copy_unmerged():
     from trainers.backend.models import with_lora
 
@@ -50,6 +52,7 @@ def test_lora_units_equal_peft_merge_and_leave_trainer_copy_unmerged():
         assert torch.equal(p, before[n]), n
 
 
+@pytest.mark.unit
 def test_lora_with_no_matching_target_names_the_modules():
     from trainers.backend.models import with_lora
 
@@ -57,6 +60,7 @@ def test_lora_with_no_matching_target_names_the_modules():
         with_lora(_tiny_llama(), LoraConfig(rank=4, target_modules=["query", "value"]))
 
 
+@pytest.mark.unit
 def test_buckets_respect_size_and_keep_order():
     units = sync_units(_tiny_llama())
     groups = list(buckets(units, bucket_bytes=8192))

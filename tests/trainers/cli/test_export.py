@@ -25,6 +25,7 @@ METRIC_KEYS = {"eval/acc", "eval/n", "eval/len_mean", "eval/len_median", "eval/l
 
 
 # ------------------------------------------------------------------ pure parts
+@pytest.mark.unit
 def test_pareto_frontier_worked_example():
     a, b, c = ParetoPoint("a", 100, 0.5), ParetoPoint("b", 80, 0.5), ParetoPoint("c", 120, 0.7)
     assert pareto_frontier([a, b, c]) == [b, c]  # a costs more tokens than b for the same accuracy
@@ -32,6 +33,7 @@ def test_pareto_frontier_worked_example():
     assert pareto_frontier([d, a, b, c]) == [b, d]  # c now costs more than d for less
 
 
+@pytest.mark.unit
 def test_pareto_plot_writes_a_png(tmp_path):
     from matplotlib.image import imread
 
@@ -53,6 +55,7 @@ def _config_dict(*overrides: str) -> dict:
     return yaml.safe_load(load("tiny_grpo", list(overrides))[1])
 
 
+@pytest.mark.unit
 def test_model_card_renders_the_numbers_method_and_serving():
     config = _config_dict("drafter.enabled=true", "model.lora.rank=8", "algo.kl_coef=0.01", "trainer.max_steps=7")
     before = {"step": 0, "dataset": "arith", "eval/n": 64.0, "eval/acc": 0.4375, "eval/len_mean": 231.3125,
@@ -106,6 +109,7 @@ def _fails(argv: list[str], *fragments: str) -> str:
     return msg
 
 
+@pytest.mark.unit
 def test_cli_errors_name_the_argument_or_path(tmp_path):
     _fails(["export", "rnu=x"], "unknown argument 'rnu'", "did you mean 'run'?")
     _fails(["export"], "export needs run=")
@@ -131,6 +135,7 @@ def test_cli_errors_name_the_argument_or_path(tmp_path):
     _fails(["eval", f"model={hf}", f"compare={tmp_path / 'nope'}"], "is not a folder")
 
 
+@pytest.mark.unit
 def test_parse_args_types():
     a, extra = parse_args(ExportArgs, ["run=r", "step=3", "push_to_hub=true", "private=false"], "export")
     assert (a.run, a.step, a.push_to_hub, a.private, extra) == ("r", 3, True, False, [])
@@ -138,6 +143,7 @@ def test_parse_args_types():
         parse_args(ExportArgs, ["run"], "export")
 
 
+@pytest.mark.unit
 def test_export_never_overwrites_a_folder(tmp_path):
     run = tmp_path / "run"
     _fake_model(run / "checkpoints" / "step_1" / "hf")
