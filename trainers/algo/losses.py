@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers.algo.config import AlgoConfig
 from laconic.registry import Registry
+from trainers.algo.config import AlgoConfig
 from trainers.algo.types import LossInput, LossOutput
 
 LOSS = Registry("policy loss")

@@ -145,7 +145,7 @@ def test_updater_length_sorted_micro_batches_equal_one_batch(one_rank):
             engine.step()
         else:
             sums = Updater(cfg, engine, pad_id=0).update(Rows(prompts, comp, mask, None), adv, None,
-                                                          Forward(None, None, None, None))
+                                                          Forward(None, None, None, None)).sums
             assert sums["tokens"] == float(mask.sum()) and sums["nonfinite"] == 0
         weights.append({k: v.clone() for k, v in engine.iter_hf_weights()})
     start = _tiny_llama(seed=5).state_dict()
