@@ -83,6 +83,20 @@ class CEEHState:
             if c:
                 self.opt_len[uid] = ema(self.opt_len.get(uid), lo, self.fast, self.slow, fast_when_up=False)
 
+    def history(self) -> dict[str, dict[str, float]]:
+        """uid -> {"acc": Acc_h, "opt_len": L*} (``opt_len`` only once the problem was solved), a copy."""
+        return {u: {"acc": a} | ({"opt_len": self.opt_len[u]} if u in self.opt_len else {}) for u, a in self.acc.items()}
+
+    def seed(self, history: dict[str, dict[str, float]]) -> None:
+        """Set ``Acc_h`` (in [0, 1]) and optionally ``L*`` (> 0) of the given problems."""
+        for uid, h in history.items():
+            acc, opt = h.get("acc"), h.get("opt_len")
+            if not (isinstance(acc, (int, float)) and 0 <= acc <= 1) or (opt is not None and not opt > 0):
+                raise ValueError(f"CEEH history of problem {uid!r} must be {{'acc': [0, 1], 'opt_len': > 0}}, got {h!r}")
+            self.acc[str(uid)] = float(acc)
+            if opt is not None:
+                self.opt_len[str(uid)] = float(opt)
+
     def state_dict(self) -> dict:
         return {"acc": dict(self.acc), "opt_len": dict(self.opt_len)}
 

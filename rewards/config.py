@@ -24,6 +24,7 @@ class LCPOExactConfig:
 class LCPOMaxConfig:
     alpha: float = 0.001  # L1-Max: r = c * clip(alpha * (N - n) + delta, 0, 1)
     delta: float = 0.5  # L1-Max offset (paper-era released code)
+    combine: str = "multiply"  # multiply: c * clip(..) (paper) | add: c + clip(..) (L1's code, multiplier_reward=false)
 
 
 @dataclass
@@ -36,7 +37,10 @@ class ShorterBetterConfig:
 class HAPOConfig:
     weight: float = 1.0  # w: the term is w * f(n / h) on top of a separate correctness term (Huang et al. 2025)
     mode: str = "min"  # history update: min (shortest correct length so far) | mean (running mean of correct lengths)
+    shape: str = "cosine"  # length reward f (HAPO's type_lr): cosine | linear
     correct_floor: float = -0.7  # correct answers: max(f, floor)
+    wrong_floor: float = -1.0  # linear: wrong answers' floor (cosine's f never falls below -1)
+    tolerance: float = 0.1  # linear: correct answers within [h, (1 + tolerance) h) get 0, longer ones a penalty
 
 
 @dataclass
@@ -82,6 +86,9 @@ class RewardConfig:
     transforms: list[str] = field(default_factory=list)  # rollout transforms (rewards.TRANSFORMS) run before the terms
     truncation: str = "none"  # completions cut at the cap: none | zero (DLER paper) | scale (DLER code: x truncation_scale)
     truncation_scale: float = 0.1  # factor of a truncated completion's reward when truncation=scale
+    # JSON file seeding the stateful terms' per-problem history: {"hapo": {uid: h}, "ceeh": {uid: {"acc": a,
+    # "opt_len": L}}} (the layout of a run's reward_history.json); "" = every problem starts without history
+    history_file: str = ""
     difficulty_cap_threshold: float = 0.0  # DA-DLER: groups with accuracy >= this get the tight cap; 0 = off (paper .5)
     difficulty_cap_factor: float = 0.5  # DA-DLER: the tight cap is factor x RewardInput.max_tokens (paper 2000 of 4000)
     correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)  # correctness term
@@ -100,10 +107,16 @@ def validate(cfg: RewardConfig) -> None:
     """Rules of ``reward.*`` alone: every name registered (or an importable user function), every parameter in
     range. Raises ValueError / KeyError naming the field."""
     from laconic.registry import one_of
-    from rewards.registry import check_names, resolve_verifier
+    from rewards.registry import check_names, read_history_file, resolve_verifier
 
     check_names(cfg)  # unknown terms / transforms / truncation rule, user terms ("module:function") importable
     resolve_verifier(cfg.correctness.verifier)
     if cfg.timeout_s < 0:
         raise ValueError(f"reward.timeout_s={cfg.timeout_s} must be >= 0 (0 = no per-call timeout)")
     one_of("reward.hapo.mode", cfg.hapo.mode, ("min", "mean"))
+    one_of("reward.hapo.shape", cfg.hapo.shape, ("cosine", "linear"))
+    one_of("reward.lcpo_max.combine", cfg.lcpo_max.combine, ("multiply", "add"))
+    for name, hist in read_history_file(cfg).items():  # the file parses and every entry is valid, before any model
+        from rewards.registry import STATE_TYPES
+
+        STATE_TYPES[name](cfg).seed(hist)

@@ -15,6 +15,9 @@ std sqrt((11 * 75^2 + 825^2) / 11) = 259.81, T = floor(175 + 779.42) = 954; 1000
 is cut to 954 tokens and re-verified. With m = 50 it is kept whole. With alpha = 3 a single outlier can only pass the
 cut when the group has at least 11 rows (its z-score is at most (n - 1) / sqrt(n)).
 
+The cut is visible per row in ``RewardOutput.kept_tokens`` (the cut rows keep ``T`` tokens) and per step in the
+``rollout/cut_frac`` / ``rollout/cut_len_mean`` metrics (the share of rows cut and their mean ``T``).
+
 ``truncated`` (cut at the rollout cap) is left unchanged: the paper re-verifies a DOT cut rather than penalising it,
 so DLER's truncation rule does not apply to it.
 """

@@ -1,7 +1,16 @@
 """HAPO (Huang et al. 2025, "History-Aware Policy Optimization"): a per-problem history h of correct lengths.
+Released code: HCY123902/HAPO @c91ae3b6, ``utils.py`` ``compute_len_reward`` (cosine) and
+``compute_len_reward_linear`` (linear), ``grpo_trainer.py`` ``HistroyTracker`` (the history).
 
-With ``x = n / h`` and ``f = cos(min(pi/2 * x, pi))``:
-correct -> ``max(f, -0.7)``; incorrect -> ``min(f, 0)``; no history yet -> 0. The term is ``w * that`` and sits
+``shape=cosine`` (default): with ``x = n / h`` and ``f = cos(min(pi/2 * x, pi))``:
+correct -> ``max(f, -0.7)``; incorrect -> ``min(f, 0)``; no history yet -> 0.
+
+``shape=linear`` (tolerance .1): correct -> ``1 - n/h`` below h, 0 in ``[h, 1.1 h)``, ``max(-(n - 1.1 h)/h, -0.7)``
+from 1.1 h on; incorrect -> 0 below 1.1 h, ``max(-(n - 1.1 h)/h, -1)`` from 1.1 h on; no history yet -> 0.
+Example (h = 100): correct n = 50 -> .5; 105 -> 0; 150 -> -.4; 200 -> -.7; wrong n = 50 -> 0; 150 -> -.4; 300 -> -1.
+
+The history is read and seeded through :meth:`HAPOHistory.history` / :meth:`HAPOHistory.seed` (a run writes it to
+``reward_history.json``; ``reward.history_file`` seeds a new run with it). The term is ``w * that`` and sits
 on top of a separate correctness term. All rewards of a batch use the history from before the batch; afterwards
 ``h <- min(h, shortest correct length of the problem in this batch)`` ("min" mode) or a count-weighted running
 mean of correct lengths ("mean" mode). Over several ranks the per-rank updates are gathered and reduced.
@@ -56,6 +65,18 @@ class HAPOHistory:
                 self.h[uid] = (self.h.get(uid, 0.0) * c0 + s) / (c0 + k)
                 self.count[uid] = c0 + k
 
+    def history(self) -> dict[str, float]:
+        """uid -> h, every problem that has a history (a copy)."""
+        return dict(self.h)
+
+    def seed(self, history: dict[str, float]) -> None:
+        """Set the history of the given problems (uid -> h > 0); in mean mode each counts as one correct answer."""
+        for uid, h in history.items():
+            if not (isinstance(h, (int, float)) and h > 0):
+                raise ValueError(f"HAPO history of problem {uid!r} must be a length > 0, got {h!r}")
+            self.h[str(uid)] = float(h)
+            self.count[str(uid)] = max(self.count.get(str(uid), 0), 1)
+
     def state_dict(self) -> dict:
         return {"mode": self.mode, "h": dict(self.h), "count": dict(self.count)}
 
@@ -68,8 +89,15 @@ class HAPOHistory:
 @register_term("hapo", state=HAPOHistory)
 def hapo(inp: RewardInput, cfg: RewardConfig, state: HAPOHistory) -> torch.Tensor:
     h = state.lookup([m["uid"] for m in inp.meta])
-    x = inp.num_tokens.to(torch.float64) / h
-    f = torch.cos(torch.clamp(math.pi / 2 * x, max=math.pi))
-    r = torch.where(inp.correct, f.clamp(min=cfg.hapo.correct_floor), f.clamp(max=0.0))
+    n = inp.num_tokens.to(torch.float64)
+    c = cfg.hapo
+    if c.shape == "linear":
+        over = -(n - (1 + c.tolerance) * h) / h
+        long = n >= (1 + c.tolerance) * h
+        right = torch.where(n < h, 1 - n / h, torch.where(long, over.clamp(min=c.correct_floor), torch.zeros_like(n)))
+        r = torch.where(inp.correct, right, torch.where(long, over.clamp(min=c.wrong_floor), torch.zeros_like(n)))
+    else:
+        f = torch.cos(torch.clamp(math.pi / 2 * n / h, max=math.pi))
+        r = torch.where(inp.correct, f.clamp(min=c.correct_floor), f.clamp(max=0.0))
     r = torch.where(torch.isnan(h), torch.zeros_like(r), r)
-    return (cfg.hapo.weight * r).to(torch.float32)
+    return (c.weight * r).to(torch.float32)

@@ -27,15 +27,40 @@ def lcpo_exact(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     return torch.where(has, c - pen, c)
 
 
+def _max_reward(c: torch.Tensor, target: torch.Tensor, n: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
+    m = cfg.lcpo_max
+    delta = (m.alpha * (target - n) + m.delta).clamp(0.0, 1.0)
+    return c * delta if m.combine == "multiply" else c + delta
+
+
 @register_term("lcpo_max")
 def lcpo_max(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
-    """L1-Max: ``r = c * clip(alpha * (N - n) + delta, 0, 1)``; rows without a target get ``c``.
-    Example: alpha=1e-3, delta=.5, N=100: correct n=100 -> .5; n=0 -> .6; n=700 -> 0; wrong -> 0."""
+    """L1-Max: ``r = c * clip(alpha * (N - n) + delta, 0, 1)`` (``combine=add``: ``c + clip(...)``); rows without a
+    target get ``c``. Example: alpha=1e-3, delta=.5, N=100: correct n=100 -> .5; n=0 -> .6; n=700 -> 0; wrong -> 0."""
     c = inp.correct.to(torch.float32)
     target, has = _targets(inp)
-    m = cfg.lcpo_max
-    scale = (m.alpha * (target - inp.num_tokens.to(torch.float32)) + m.delta).clamp(0.0, 1.0)
-    return torch.where(has, c * scale, c)
+    return torch.where(has, _max_reward(c, target, inp.num_tokens.to(torch.float32), cfg), c)
+
+
+@register_term("lcpo")
+def lcpo(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
+    """L1 with Exact and Max prompts in one run (cmu-l3/l1 @c3b546e6, ``math_reward.py`` ``math_reward_fn``): each
+    row by its own instruction, ``meta["target_mode"]`` (or, for rows carrying L1's signed ``num_tokens`` as
+    ``target_tokens``, the sign: N > 0 Exact, N < 0 Max with |N|): Exact rows ``c - alpha |N - n|``
+    (``reward.lcpo_exact``), Max rows the L1-Max reward (``reward.lcpo_max``); rows without a target get ``c``.
+    L1's Max delta ``(clip(a (|N| - n), -1, 1) + 1) / 2`` is ``lcpo_max`` with alpha = a / 2, delta = .5.
+
+    Example (exact alpha 3e-4; max alpha 1e-3, delta .5, multiply), correct rows: Exact N=1000, n=1200 -> .94;
+    Max N=1000, n=800 -> clip(.2 + .5) = .7; Max N=-1000 (signed), n=1500 -> clip(-.5 + .5) = 0."""
+    c = inp.correct.to(torch.float32)
+    n = inp.num_tokens.to(torch.float32)
+    target, has = _targets(inp)
+    modes = [m.get("target_mode") for m in inp.meta]
+    is_max = torch.tensor([md == "max" if md else t < 0 for md, t in zip(modes, target.tolist())])
+    target = target.abs()
+    exact = c - cfg.lcpo_exact.alpha * (target - n).abs()
+    r = torch.where(is_max, _max_reward(c, target, n, cfg), exact)
+    return torch.where(has, r, c)
 
 
 @register_term("shorterbetter")

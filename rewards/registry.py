@@ -22,6 +22,7 @@ from rewards.config import RewardConfig
 from rewards.groups import group_mean
 from rewards.types import RewardInput, RewardOutput
 from rewards.guard import CallFailed, guarded, is_user_function, load_function
+from rewards.plugins import as_term, as_verifier
 from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
@@ -75,8 +76,35 @@ def stateful_terms(cfg: RewardConfig) -> list[str]:
 
 
 def make_states(cfg: RewardConfig) -> dict[str, object]:
-    """Fresh state objects for the stateful terms ``cfg`` uses (the trainer checkpoints them)."""
-    return {name: STATE_TYPES[name](cfg) for name in stateful_terms(cfg)}
+    """State objects for the stateful terms ``cfg`` uses (the trainer checkpoints them), seeded from
+    ``cfg.history_file`` when it is set."""
+    states = {name: STATE_TYPES[name](cfg) for name in stateful_terms(cfg)}
+    for name, history in read_history_file(cfg).items():
+        states[name].seed(history)
+    return states
+
+
+def read_history_file(cfg: RewardConfig) -> dict[str, dict]:
+    """``reward.history_file`` as ``{term: {uid: history}}`` (empty when unset); a ValueError naming the field and
+    the file when it is missing, not JSON, or names a term that is not a stateful term of ``reward.terms``."""
+    import json
+
+    if not cfg.history_file:
+        return {}
+    try:
+        data = json.loads(open(cfg.history_file).read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"reward.history_file={cfg.history_file!r}: {type(e).__name__}: {e}") from None
+    stateful = stateful_terms(cfg)
+    if not isinstance(data, dict) or any(k not in stateful or not isinstance(v, dict) for k, v in data.items()):
+        raise ValueError(f"reward.history_file={cfg.history_file!r} must map stateful terms of reward.terms "
+                         f"({stateful}) to {{uid: history}}, got keys {sorted(data) if isinstance(data, dict) else data}")
+    return data
+
+
+def history(states: dict[str, object]) -> dict[str, dict]:
+    """Every stateful term's per-problem history, ``{term: {uid: history}}`` (what ``reward.history_file`` reads)."""
+    return {name: st.history() for name, st in states.items()}
 
 
 def needs_token_offsets(cfg: RewardConfig) -> bool:
@@ -105,25 +133,27 @@ def user_function(spec: str, field: str) -> Callable:
     return _USER[spec]
 
 
-def resolve_verifier(verifier: str):
-    """A registered verifier's function, or a user one named ``"module:function"`` / ``"file.py:function"``."""
+def resolve_verifier(verifier: str) -> Callable[[str, object, dict], bool]:
+    """A registered verifier, or a user one named ``"module:function"`` / ``"file.py:function"`` in any convention of
+    :mod:`rewards.plugins` (Laconic's ``fn(completion, answer)``, a verl ``compute_score``, a TRL reward function), as
+    ``verdict(completion, answer, meta) -> bool``."""
     if is_user_function(verifier):
-        return user_function(verifier, "reward.correctness.verifier")
+        return as_verifier(user_function(verifier, "reward.correctness.verifier"))
     if verifier not in VERIFIERS:
         raise KeyError(f"reward.correctness.verifier={verifier!r} is unknown; choose from {sorted(VERIFIERS)} or name "
                        f"a function as 'module:function'{suggest(verifier, VERIFIERS)}")
-    return VERIFIERS[verifier]
+    return as_verifier(VERIFIERS[verifier])
 
 
 def verify_texts(texts: list[str], answers: list, verifier: str, timeout_s: float = 0.0,
-                 uids: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 uids: list | None = None, metas: list[dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ([N] bool verdicts of ``verifier(text, answer)``, [N] bool errors). A call that raises or runs past
     ``timeout_s`` is a verdict of False and an error (:mod:`rewards.guard`)."""
     fn = resolve_verifier(verifier)
     ok, err = [], []
     for i, (t, a) in enumerate(zip(texts, answers)):
         try:
-            ok.append(bool(guarded(fn, (t, a), timeout_s, verifier, f"row {uids[i] if uids else i}",
+            ok.append(bool(guarded(fn, (t, a, metas[i] if metas else {}), timeout_s, verifier, f"row {uids[i] if uids else i}",
                                    own_timer=verifier in SELF_TIMED)))
             err.append(False)
         except CallFailed:
@@ -135,7 +165,7 @@ def verify_texts(texts: list[str], answers: list, verifier: str, timeout_s: floa
 def verify(inp: RewardInput, verifier: str, timeout_s: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ([B] bool verdicts of the verifier on ``(completion, meta["answer"])``, [B] bool errors)."""
     return verify_texts(inp.completions, [m["answer"] for m in inp.meta], verifier, timeout_s,
-                        [m.get("uid", i) for i, m in enumerate(inp.meta)])
+                        [m.get("uid", i) for i, m in enumerate(inp.meta)], inp.meta)
 
 
 def truncated_rows(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
@@ -173,6 +203,7 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
         total = torch.where(errors, torch.zeros_like(total), total)
         if token_rewards is not None:
             token_rewards = token_rewards.masked_fill(errors[:, None], 0.0)
+    score = total
     cut = truncated_rows(inp, cfg)
     rule = TRUNCATION[cfg.truncation]
     total = rule(total, cut, cfg)
@@ -180,7 +211,7 @@ def compute(inp: RewardInput, cfg: RewardConfig, states: dict[str, object] | Non
         token_rewards = rule(token_rewards, cut[:, None].expand_as(token_rewards), cfg)
     kept = inp.num_tokens.clone() if cfg.transforms else None
     return RewardOutput(total=total, correct=inp.correct, terms=terms, token_rewards=token_rewards, input=inp,
-                        kept_tokens=kept, errors=errors)
+                        kept_tokens=kept, errors=errors, score=score)
 
 
 def check_names(cfg: RewardConfig) -> None:
@@ -214,7 +245,7 @@ def _evaluate_terms(inp: RewardInput, cfg: RewardConfig, states: dict[str, objec
     for name in cfg.terms:
         if is_user_function(name):
             try:
-                value = torch.as_tensor(guarded(_USER[name], (inp, cfg), cfg.timeout_s, name, "the batch"),
+                value = torch.as_tensor(guarded(as_term(_USER[name]), (inp, cfg), cfg.timeout_s, name, "the batch"),
                                         dtype=torch.float32)
                 if value.shape != (len(inp.completions),):
                     raise CallFailed(f"returned shape {tuple(value.shape)}, not [{len(inp.completions)}]")

@@ -39,6 +39,7 @@ class RewardOutput:
     kept_tokens: torch.Tensor | None = None  # [B] long: tokens of each completion the update may train on, after the
     # rollout transforms (DOT); None when no transform ran. The trainer zeroes completion_mask[i, kept_tokens[i]:].
     errors: torch.Tensor | None = None  # [B] bool: a reward call raised or timed out on this row (it scored 0)
+    score: torch.Tensor | None = None  # [B] float: ``total`` before the truncation rule (DLER filters groups on it)
 
 
 def select_output(out: RewardOutput, rows: torch.Tensor) -> RewardOutput:
@@ -55,7 +56,8 @@ def select_output(out: RewardOutput, rows: torch.Tensor) -> RewardOutput:
                         terms={k: v[rows] for k, v in out.terms.items()},
                         token_rewards=out.token_rewards[rows] if out.token_rewards is not None else None, input=sub_in,
                         kept_tokens=out.kept_tokens[rows] if out.kept_tokens is not None else None,
-                        errors=out.errors[rows] if out.errors is not None else None)
+                        errors=out.errors[rows] if out.errors is not None else None,
+                        score=out.score[rows] if out.score is not None else None)
 
 
 def concat_outputs(outs: list[RewardOutput]) -> RewardOutput:
@@ -68,6 +70,7 @@ def concat_outputs(outs: list[RewardOutput]) -> RewardOutput:
         tok = torch.cat([torch.nn.functional.pad(o.token_rewards, (0, width - o.token_rewards.shape[1])) for o in outs])
     kept = torch.cat([o.kept_tokens for o in outs]) if all(o.kept_tokens is not None for o in outs) else None
     errors = torch.cat([o.errors for o in outs]) if all(o.errors is not None for o in outs) else None
+    score = torch.cat([o.score for o in outs]) if all(o.score is not None for o in outs) else None
     return RewardOutput(total=torch.cat([o.total for o in outs]), correct=torch.cat([o.correct for o in outs]),
                         terms={k: torch.cat([o.terms[k] for o in outs]) for k in outs[0].terms}, token_rewards=tok,
-                        kept_tokens=kept, errors=errors)
+                        kept_tokens=kept, errors=errors, score=score)

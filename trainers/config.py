@@ -70,7 +70,9 @@ class TinyBaseConfig:
 
 @dataclass
 class LengthTargetConfig:
-    mode: str = "none"  # LCPO prompts: none | exact ("Think for N tokens.") | max ("Think for maximum N tokens.")
+    # LCPO prompts: none | exact ("Think for N tokens.") | max ("Think for maximum N tokens.") | both (each problem one
+    # of the two at random, as L1-Max's data; with reward.terms lcpo)
+    mode: str = "none"
     min_tokens: int = 100  # training targets N are drawn uniformly from [min_tokens, max_tokens] per problem
     max_tokens: int = 4000  # upper end of the training target range
     none_frac: float = 0.0  # share of training problems that carry no target (plain correctness, as in L1)
@@ -120,7 +122,8 @@ class TrainerConfig:
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero spread, sample more until full
     max_sample_rounds: int = 3  # dynamic sampling: generation rounds per step before filling with dropped groups
-    dynamic_sampling_metric: str = "reward"  # zero spread of: reward (total reward) | correct (verdicts, DAPO's acc)
+    # zero spread of: reward (total reward) | score (total before the truncation rule: DLER) | correct (DAPO's acc)
+    dynamic_sampling_metric: str = "reward"
     logprob_chunk: int = 0  # tokens per chunk in the memory-lean log-prob kernel; 0 = the kernel's per-device default
     logprob_backend: str = "auto"  # log-prob kernel: auto (Triton on CUDA when installed, else torch) | torch | triton
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
@@ -203,7 +206,7 @@ def _validate_data(cfg: Config) -> None:
     if cfg.data.train_rows < 0:
         raise ValueError(f"data.train_rows={cfg.data.train_rows} must be >= 0 (0 = every training row)")
     lt = cfg.data.length_target
-    one_of("data.length_target.mode", lt.mode, ("none", "exact", "max"))
+    one_of("data.length_target.mode", lt.mode, ("none", "exact", "max", "both"))
     if lt.mode == "none":
         return
     if not 0 < lt.min_tokens <= lt.max_tokens:
@@ -226,7 +229,7 @@ def _validate_tiny_base(tb: TinyBaseConfig) -> None:
 
 def _validate_trainer(t: TrainerConfig, world_size: int, r: RolloutConfig) -> None:
     one_of("trainer.logprob_backend", t.logprob_backend, ("auto", "torch", "triton"))
-    one_of("trainer.dynamic_sampling_metric", t.dynamic_sampling_metric, ("reward", "correct"))
+    one_of("trainer.dynamic_sampling_metric", t.dynamic_sampling_metric, ("reward", "score", "correct"))
     if t.max_nonfinite_steps < 1:
         raise ValueError(f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     for name in ("max_steps", "prompts_per_step", "mini_batches", "epochs", "micro_batch_size", "max_sample_rounds"):
@@ -288,9 +291,13 @@ def _validate_across(cfg: Config, world_size: int) -> None:
     if cfg.reward.decs_curriculum.enabled and not t.dynamic_sampling:
         raise ValueError("reward.decs_curriculum.enabled adds back groups dynamic sampling dropped: set "
                          "trainer.dynamic_sampling=true")
-    lcpo = sorted(set(cfg.reward.terms) & {"lcpo_exact", "lcpo_max"})
+    lcpo = sorted(set(cfg.reward.terms) & {"lcpo", "lcpo_exact", "lcpo_max"})
     if lcpo and cfg.data.length_target.mode == "none":
         raise ValueError(f"reward.terms {lcpo} read each prompt's length target: set data.length_target.mode")
+    one_mode = sorted(set(lcpo) - {"lcpo"})
+    if one_mode and cfg.data.length_target.mode == "both":
+        raise ValueError(f"data.length_target.mode=both mixes Exact and Max prompts: use reward.terms lcpo (each row "
+                         f"by its own instruction) instead of {one_mode}")
     if a.advantage == "grpo" and r.n < 2:
         raise ValueError("algo.advantage=grpo needs rollout.n >= 2 (group statistics of one sample are undefined)")
     if a.sampler_correction != "none" and not r.logprobs:

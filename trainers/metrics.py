@@ -114,6 +114,11 @@ def step_metrics(ctx: StepContext, sample, sums: Sums, timers: Timers) -> tuple[
           "train/clip_frac": s["clip_frac"] / tok, "train/grad_norm": s["grad_norm"] / n_opt / w,
           "train/lr": ctx.policy_lr, "policy_version": ctx.policy_version,
           "train/nonfinite": int(max(s["nonfinite"], s["critic_nonfinite"]))}  # skipped optimizer steps (NaN/inf)
+    if rewards.kept_tokens is not None:  # a rollout transform (DOT) cut completions: how many, and where
+        cut = rewards.kept_tokens < batch.num_tokens
+        n_cut, cut_at = distributed.all_sum(torch.tensor([float(cut.sum()), float(rewards.kept_tokens[cut].sum())],
+                                                         dtype=torch.float64)).tolist()
+        m |= {"rollout/cut_frac": n_cut / rows.shape[0], "rollout/cut_len_mean": cut_at / n_cut if n_cut else 0.0}
     if batch.sampler_logprobs is not None:
         m |= {"train/sampler_kl": s["sampler_kl"] / tok, "train/mismatch_ratio": s["mismatch_ratio"] / tok,
               "train/is_kept_frac": s["kept_tokens"] / tok}

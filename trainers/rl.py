@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import rewards
 from rewards import RewardOutput
 from rollout.types import RolloutBatch
 from trainers.algo.advantages import ADVANTAGE, dense_rewards, masked_whiten
@@ -321,6 +322,8 @@ class Trainer:
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)
+            if self.sampler.states:  # every rank holds the same states (updates are gathered every round)
+                self.run.write_reward_history(rewards.history(self.sampler.states))
             self.export(self.run.path / "export", weights)
             self.report()
             self.tracker.finish()

@@ -3,7 +3,9 @@ groups a rank trains on. Between them the loop runs the drafter's idle window (p
 (the curriculum's gather) never keep a rank that finished early from training the drafter.
 
 Without dynamic sampling a rank trains on exactly the groups it sampled. With it (DAPO, Yu et al. 2025), groups
-whose rewards have zero spread carry no learning signal and are dropped; more prompts are sampled until the rank
+whose rewards have zero spread carry no learning signal and are dropped (a group of one is kept, as in verl's DAPO
+recipe that DLER runs; ``trainer.dynamic_sampling_metric=score`` filters on the reward before the truncation rule,
+as DLER's ``seq_reward`` does, NVlabs/DLER @498b8ed6 ``recipe/dapo/dapo_ray_trainer.py``); more prompts are sampled until the rank
 has its quota of groups or ``trainer.max_sample_rounds`` rounds have run, and a shortfall is filled with dropped
 groups (their advantages are 0). With the DECS curriculum (Jiang et al. 2025) a share kappa of the quota goes to
 all-correct groups, which carry the length signal of easy problems.
@@ -64,6 +66,13 @@ def token_offsets(tokenizer, batch: RolloutBatch) -> list[list[int]]:
     return out
 
 
+def has_signal(scores: torch.Tensor) -> bool:
+    """Dynamic sampling's keep rule for one group's [G] scores: a spread (std > 0), or a group of one (verl's DAPO
+    recipe, which DLER runs: NVlabs/DLER @498b8ed6 ``recipe/dapo/dapo_ray_trainer.py``). Example: [1, 0] -> True;
+    [1, 1] -> False; [1] -> True."""
+    return len(scores) == 1 or bool(scores.std() > 0)
+
+
 def apply_kept_tokens(batch: RolloutBatch, out: RewardOutput) -> RolloutBatch:
     """Cut each row's ``completion_mask`` to the tokens a rollout transform kept (no-op without transforms)."""
     if out.kept_tokens is None:
@@ -105,10 +114,11 @@ class Sampler:
             if not t.dynamic_sampling:
                 r.batches.append((batch, out))
                 return r
-            score = out.total if t.dynamic_sampling_metric == "reward" else out.correct.to(torch.float32)
+            score = {"reward": out.total, "score": out.score, "correct": out.correct.to(torch.float32)}[
+                t.dynamic_sampling_metric]
             for g in range(len(batch.prompts)):
                 rows = (batch.prompt_index == g).nonzero().flatten()
-                (r.kept if score[rows].std() > 0 else r.dropped).append((batch, out, rows))
+                (r.kept if has_signal(score[rows]) else r.dropped).append((batch, out, rows))
             if len(r.kept) >= self.quota or r.rounds >= t.max_sample_rounds:
                 return r
 

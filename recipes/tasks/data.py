@@ -106,16 +106,22 @@ def with_length_targets(rows: list[dict], lt, seed: int, fixed: list[int | None]
     """L1 / LCPO (Aggarwal & Welleck 2025): append the length instruction to each prompt and keep N in the row
     (``target_tokens``, read by the lcpo terms). A row's N is ``fixed[i]`` or drawn uniformly from
     ``[min_tokens, max_tokens]`` by an RNG seeded by (seed, uid), so it does not depend on row order; a share
-    ``none_frac`` of the drawn rows carries no target. New rows; the input is not modified."""
+    ``none_frac`` of the drawn rows carries no target. ``target_mode`` says which instruction the row states:
+    ``lt.mode``, or with ``both`` (cmu-l3/l1 @c3b546e6 ``scripts/data/deepscaler_dataset.py --use_both_both``)
+    Exact or Max with probability 1/2 each. New rows; the input is not modified."""
     import random
 
     out = []
-    for row, n in zip(rows, fixed):
+    for i, (row, n) in enumerate(zip(rows, fixed)):
         rng = random.Random(f"lcpo-{seed}-{row['uid']}")
-        if n is None:
+        drawn = n is None
+        if drawn:
             if rng.random() < lt.none_frac:
                 out.append(dict(row))
                 continue
             n = rng.randint(lt.min_tokens, lt.max_tokens)
-        out.append(dict(row, prompt=with_length_line(row["prompt"], lt.mode, n), target_tokens=n))
+        mode = lt.mode
+        if mode == "both":  # L1-Max's data: each problem Exact or Max at random (held-out rows alternate)
+            mode = ("max" if rng.random() < 0.5 else "exact") if drawn else ("exact", "max")[i % 2]
+        out.append(dict(row, prompt=with_length_line(row["prompt"], mode, n), target_tokens=n, target_mode=mode))
     return out

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.algo.config import AlgoConfig
 from laconic.registry import Registry
+from trainers.algo.config import AlgoConfig
 from trainers.algo.types import AdvantageInput
 
 ADVANTAGE = Registry("advantage estimator")
@@ -80,11 +80,14 @@ def dler_batch(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
 
     ``whiten="token"`` (released code): mean and Bessel-corrected variance over all valid response tokens,
     ``A = (a - mean) / sqrt(var + eps)``; ``whiten="sequence"`` (paper): the same over sequences.
+    A group of one keeps its reward (baseline 0), as DLER's estimator does (NVlabs/DLER @498b8ed6,
+    ``verl/trainer/ppo/core_algos.py`` ``compute_reinforce_plus_plus_baseline_outcome_advantage``, then
+    ``masked_whiten`` over the batch's response tokens).
     Example (one rank, sequence form): groups [1, 0] and [1, 1] -> centred [.5, -.5, 0, 0], mean 0,
     var (.25+.25)/3 = 1/6 -> A = [1.2247, -1.2247, 0, 0].
     """
-    mean, _, _ = group_stats(inp.rewards, inp.group_ids)
-    a = inp.rewards.to(torch.float64) - mean  # [B]
+    mean, _, k = group_stats(inp.rewards, inp.group_ids)
+    a = inp.rewards.to(torch.float64) - torch.where(k > 1, mean, torch.zeros_like(mean))  # [B]; a group of one: b = 0
     if cfg.whiten == "token":
         return masked_whiten(_broadcast(a, inp.mask), inp.mask, inp.all_sum, cfg.whiten_eps).to(torch.float32)
     seq = masked_whiten(a[:, None], torch.ones_like(a[:, None], dtype=torch.bool), inp.all_sum, cfg.whiten_eps)
@@ -132,31 +135,34 @@ def gae(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
 
 @ADVANTAGE.register("token_group")
 def token_group(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
-    """Per-position group normalisation of token rewards (DECS released code): for group g and position t,
-    over the group's rows that have a token at t,
+    """DECS's ``grpo_proc_length`` estimator (pixas/DECS @0d12e536, ``src_valid/valid_ray_trainer.py``
+    ``compute_grpo_proc_length_advantage_return``): per group g and position t, over ALL G rows of the group,
 
-        mu_t = mean R[:, t],  sigma_t = sqrt(mean R[:, t]^2 - mu_t^2 + eps),  A[i, t] = (R[i, t] - mu_t) / (sigma_t + eps)
+        mu_t = mean_i R[i, t],  sigma_t = sample std_i R[i, t] (n - 1),  A[i, t] = (R[i, t] - mu_t) / (sigma_t + eps)
 
-    with eps = ``cfg.std_eps``; a group of one gets mu = 0, sigma = 1.
-    Example: two rows, R = [[1.1, 1.1], [1.1, 1.05]] -> position 0: A = 0, 0; position 1: mu = 1.075,
-    sigma = .025 -> A = [+1, -1] (up to eps).
+    where a row's positions past its end hold its fill value: the reward of its first token, which DECS's reward
+    gives every non-redundant token, s (1 + beta): 1.1 for a correct rollout, 0 for a wrong one. So the longest
+    rollout's tail past its siblings' ends is compared with their fill (the redundancy DECS penalises), not only
+    with the rollouts still running. eps = ``cfg.std_eps`` (1e-6 in DECS); a group of one gets mu = 0, sigma = 1.
+
+    Example (DECS's beta = .1, L_max = 5): rows correct n=2, wrong n=3, correct n=4 whose tokens 2-3 are redundant
+    (1 + .1 (1 - 4/5) = 1.02): position 0: R = (1.1, 0, 1.1), mu = .7333, sigma = .6351 -> A = (.577, -1.155, .577);
+    position 2: R = (1.1 fill, 0, 1.02), mu = .7067, sigma = .6133 -> A = (masked, -1.152, .511).
     """
     if inp.token_rewards is None:
         raise ValueError("algo.advantage=token_group needs a token-level reward term (e.g. reward.terms with decs)")
-    r = inp.token_rewards.to(torch.float64)
-    m = inp.mask.to(torch.float64)[:, : r.shape[1]]
-    r = r[:, : m.shape[1]] * m
+    m = inp.mask.to(torch.float64)
+    r = torch.zeros(m.shape, dtype=torch.float64)
+    w = min(r.shape[1], inp.token_rewards.shape[1])
+    r[:, :w] = inp.token_rewards[:, :w].to(torch.float64)
+    r = torch.where(m > 0, r, r[:, :1])  # past a row's end: its fill value
     _, inv, counts = torch.unique(inp.group_ids, return_inverse=True, return_counts=True)
-    g = len(counts)
-    cnt = torch.zeros(g, r.shape[1], dtype=torch.float64).index_add_(0, inv, m)
-    s1 = torch.zeros_like(cnt).index_add_(0, inv, r)
-    s2 = torch.zeros_like(cnt).index_add_(0, inv, r * r)
-    mu = s1 / cnt.clamp(min=1)
-    sigma = torch.sqrt((s2 / cnt.clamp(min=1) - mu * mu).clamp(min=0) + cfg.std_eps)
+    k = counts.to(torch.float64)[:, None]
+    s1 = torch.zeros(len(counts), r.shape[1], dtype=torch.float64).index_add_(0, inv, r)
+    mu = s1 / k
+    sq = torch.zeros_like(s1).index_add_(0, inv, (r - mu[inv]) ** 2)
+    sigma = torch.sqrt(sq / (k - 1).clamp(min=1))
     single = (counts == 1)[:, None]
     mu = torch.where(single, torch.zeros_like(mu), mu)
     sigma = torch.where(single, torch.ones_like(sigma), sigma)
-    adv = (r - mu[inv]) / (sigma[inv] + cfg.std_eps) * m
-    out = torch.zeros(inp.mask.shape, dtype=torch.float32)
-    out[:, : adv.shape[1]] = adv.to(torch.float32)
-    return out
+    return ((r - mu[inv]) / (sigma[inv] + cfg.std_eps) * m).to(torch.float32)

@@ -91,6 +91,11 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
 
+    def write_reward_history(self, history: dict) -> None:
+        """``reward_history.json``: the stateful reward terms' per-problem history at the end of the run, the layout
+        ``reward.history_file`` seeds a new run with."""
+        atomic_write_text(self.path / "reward_history.json", json.dumps(history, indent=1, sort_keys=True))
+
     def read_jsonl(self, name: str) -> list[dict]:
         p = self.path / name
         if not p.exists():

@@ -72,6 +72,19 @@ def test_dler_batch_sequence_form_by_hand():
 
 
 @pytest.mark.unit
+def test_dler_batch_group_of_one_keeps_its_reward_as_dlers_code():
+    """NVlabs/DLER @498b8ed6 reinforce_plus_plus_baseline: a group of one has baseline 0, then token whitening.
+    Group A: r = 1 (2 tokens), 0 (3 tokens); group B: r = .1 (1 token) -> c = [.5, -.5, .1] on tokens
+    [.5, .5, -.5, -.5, -.5, .1]: mu = -.066667, unbiased var = .246667 -> A = [1.1410, -0.8729, 0.3356]."""
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    inp = AdvantageInput(rewards=torch.tensor([1.0, 0.0, 0.1]), group_ids=torch.tensor([0, 0, 1]), mask=mask)
+    adv = ADVANTAGE["dler_batch"](inp, AlgoConfig(whiten="token", whiten_eps=1e-8))
+    assert adv[0, :2].tolist() == pytest.approx([1.1410, 1.1410], abs=1e-3)
+    assert adv[1].tolist() == pytest.approx([-0.8729] * 3, abs=1e-3)
+    assert float(adv[2, 0]) == pytest.approx(0.3356, abs=1e-3) and float(adv[2, 1:].abs().sum()) == 0.0
+
+
+@pytest.mark.unit
 def test_dler_batch_token_form_weights_sequences_by_length():
     # centred a = [.5, -.5] with 3 and 1 valid tokens: token mean = (1.5 - .5)/4 = .25,
     # token var = (3*(.25)^2 + (-.75)^2)/(4-1) = .25 -> A = [(.5-.25)/.5, (-.5-.25)/.5] = [.5, -1.5]
@@ -126,15 +139,49 @@ def test_dler_batch_on_two_real_ranks_equals_one_rank():
     torch.testing.assert_close(torch.cat([got[0], got[1]]), whole)
 
 
+def _decs_rows():
+    """DECS's beta = .1, L_max = 5: rows correct n=2, wrong n=3, correct n=4 with tokens 2-3 redundant (1.02)."""
+    r = torch.tensor([[1.1, 1.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.1, 1.1, 1.02, 1.02]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    return r, mask
+
+
 @pytest.mark.unit
-def test_token_group_per_position_by_hand():
-    r = torch.tensor([[1.1, 1.1, 1.1], [1.1, 1.05, 0.0], [2.0, 2.0, 2.0]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    adv = ADVANTAGE["token_group"](AdvantageInput(rewards=torch.zeros(3), group_ids=torch.tensor([0, 0, 1]),
-                                                  mask=mask, token_rewards=r), AlgoConfig(std_eps=1e-12))
-    assert adv[0].tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)  # pos 2: only row 0 valid -> A = 0
-    assert adv[1].tolist() == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)
-    assert adv[2].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-5)  # group of one: mean 0, std 1
+def test_token_group_is_decs_grpo_proc_length_by_hand():
+    """pixas/DECS @0d12e536 compute_grpo_proc_length_advantage_return: every row of the group counts at every
+    position (past its end with its fill, 1.1 correct / 0 wrong), sample std (n - 1), A = (R - mu) / (sigma + 1e-6)."""
+    r, mask = _decs_rows()
+    adv = ADVANTAGE["token_group"](AdvantageInput(rewards=torch.zeros(3), group_ids=torch.zeros(3, dtype=torch.long),
+                                                  mask=mask, token_rewards=r), AlgoConfig(std_eps=1e-6))
+    # positions 0-1: R = (1.1, 0, 1.1): mu = .73333, sigma = sqrt((2 * .36667^2 + .73333^2) / 2) = .63509
+    # position 2: R = (1.1 fill, 0, 1.02): mu = .70667, sigma = .61330; position 3: (1.1 fill, 0 fill, 1.02): same
+    assert adv[0].tolist() == pytest.approx([0.57735, 0.57735, 0.0, 0.0], abs=1e-4)
+    assert adv[1].tolist() == pytest.approx([-1.15470, -1.15470, -1.15224, 0.0], abs=1e-4)
+    assert adv[2].tolist() == pytest.approx([0.57735, 0.57735, 0.51090, 0.51090], abs=1e-4)
+
+
+@pytest.mark.unit
+def test_token_group_longest_tail_is_compared_with_its_siblings_fill():
+    """All correct: the shared positions are equal (A = 0); the longest rollout's redundant tail past its siblings'
+    ends meets their fill 1.1, so it gets a negative advantage (population statistics over the rows still running
+    gave it 0)."""
+    r = torch.tensor([[1.1, 1.1, 0.0, 0.0], [1.1, 1.1, 1.1, 0.0], [1.1, 1.1, 1.02, 1.02]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    adv = ADVANTAGE["token_group"](AdvantageInput(rewards=torch.zeros(3), group_ids=torch.zeros(3, dtype=torch.long),
+                                                  mask=mask, token_rewards=r), AlgoConfig(std_eps=1e-6))
+    # positions 2-3: (1.1, 1.1, 1.02): mu = 1.07333, sigma = .04619 -> C = -1.1547, B (pos 2) = +.57735
+    assert adv[:, :2].abs().max() == 0
+    assert adv[2, 2:].tolist() == pytest.approx([-1.1547, -1.1547], abs=1e-3)
+    assert float(adv[1, 2]) == pytest.approx(0.57735, abs=1e-3) and float(adv[1, 3]) == 0.0
+
+
+@pytest.mark.unit
+def test_token_group_group_of_one_is_its_reward():
+    r = torch.tensor([[2.0, 2.0, 2.0]])
+    adv = ADVANTAGE["token_group"](AdvantageInput(rewards=torch.zeros(1), group_ids=torch.tensor([5]),
+                                                  mask=torch.ones(1, 3, dtype=torch.bool), token_rewards=r),
+                                   AlgoConfig(std_eps=1e-6))
+    assert adv[0].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-5)  # mu = 0, sigma = 1
 
 
 @pytest.mark.unit
