@@ -1,12 +1,7 @@
-"""Rewards room: verifiers, registered reward terms and rollout transforms (stdlib + torch only; imports no other
-room; math_verify is imported lazily by the ``math`` verifier)."""
-from rewards import ceeh as _ceeh  # noqa: F401  (registers terms)
-from rewards import correctness as _correctness  # noqa: F401
-from rewards import decs as _decs  # noqa: F401
-from rewards import dot as _dot  # noqa: F401  (registers the dot transform)
-from rewards import graders as _graders  # noqa: F401  (registers the papers' graders as verifiers)
-from rewards import hapo as _hapo  # noqa: F401
-from rewards import length as _length  # noqa: F401
+"""Rewards room: verifiers, registered reward terms and rollout transforms (stdlib + torch only; of the other rooms
+it imports only the shared registry, ``laconic``; math_verify is imported lazily by the math graders).
+``rewards.config`` imports every module of the room (each term and transform registers itself and declares its
+config section) before it builds ``RewardConfig``."""
 from rewards.config import RewardConfig
 from rewards.decs_curriculum import DECSCurriculum
 from rewards.registry import (STATE_TYPES, TERMS, TOKEN_LEVEL, TRANSFORMS, TRUNCATION, apply, compute, history,

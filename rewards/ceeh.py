@@ -26,14 +26,27 @@ the loss, not the reward; :meth:`CEEHState.hard` gives its eq. 10 set for the tr
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
+from dataclasses import dataclass
 
 import torch
 
-from rewards.config import RewardConfig
 from rewards.groups import group_mean
 from rewards.registry import register_term
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
+
+@dataclass
+class CEEHConfig:
+    scale: float = 0.1  # s in max(floor, s * (L* - n) / L*) for correct completions (Luo et al. 2026, train.sh)
+    floor: float = -0.9  # lower clip of the length term, so a correct answer never scores below a wrong one
+    rate_fast: float = 0.2  # EMA rate when accuracy rises / the batch's shortest correct length falls below L*
+    rate_slow: float = 0.05  # EMA rate otherwise
+
 
 Update = dict[str, tuple[int, int, float]]  # uid -> (correct completions, completions, shortest correct length)
 
@@ -105,7 +118,7 @@ class CEEHState:
         self.opt_len = {k: float(v) for k, v in state["opt_len"].items()}
 
 
-@register_term("ceeh", state=CEEHState)
+@register_term("ceeh", state=CEEHState, config=CEEHConfig)
 def ceeh(inp: RewardInput, cfg: RewardConfig, state: CEEHState) -> torch.Tensor:
     c = cfg.ceeh
     acc_h, opt = state.lookup([m["uid"] for m in inp.meta])

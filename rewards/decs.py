@@ -15,15 +15,18 @@ the group, so a redundant token scores below a necessary token at the same posit
 from __future__ import annotations
 
 import re
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from rewards.config import RewardConfig
 from rewards.guard import is_user_function
 from rewards.registry import register_term, user_function
 from rewards.types import RewardInput
 from rewards.verifiers import thinking_span
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
 
 _STEP_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -108,7 +111,14 @@ def redundant_mask(inp: RewardInput, detector: str) -> torch.Tensor:
     return out
 
 
-@register_term("decs", token_level=True)
+@dataclass
+class DECSConfig:
+    beta: float = 0.1  # token reward 1 + beta on necessary tokens, 1 + beta * (1 - n / max_len) on redundant ones
+    max_len: int = 0  # L_max of the redundant-token reward; 0 = the rollout's completion cap (filled by the trainer)
+    detector: str = "answer_value"  # first-answer-chunk detector: rewards.decs.DETECTORS name or "module:function"
+
+
+@register_term("decs", token_level=True, config=DECSConfig)
 def decs(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """[B,T] token rewards (0 beyond each completion's tokens)."""
     d = cfg.decs
@@ -119,4 +129,4 @@ def decs(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     n = inp.num_tokens.to(torch.float32)[:, None]
     valid = torch.arange(red.shape[1])[None, :] < n
     r = torch.where(red, 1 + d.beta * (1 - n / max_len), torch.full_like(n, 1 + d.beta).expand_as(red))
-    return torch.where(valid & inp.correct[:, None], r, torch.zeros_like(r)) * d.weight
+    return torch.where(valid & inp.correct[:, None], r, torch.zeros_like(r))

@@ -27,15 +27,19 @@ once per step after the update, and calls :func:`select` when it assembles the n
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import random
 
 import torch
 
-from rewards.config import RewardConfig
 from rewards.decs import answer_chunk
 from rewards.groups import group_mean
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
 
 Update = tuple[float, int, int, int]  # (sum of R_i, number of R_i, all-correct groups, groups)
 

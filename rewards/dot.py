@@ -23,14 +23,26 @@ so DLER's truncation rule does not apply to it.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
-from rewards.config import RewardConfig
 from rewards.groups import group_mean, group_std
 from rewards.registry import register_transform, verify_texts
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
+
+
+@dataclass
+class DOTConfig:
+    alpha: float = 3.0  # alpha in the cut T = floor(mean + alpha * std) of a group's lengths (Wu et al. 2026)
+    min_tokens: int = 32  # m: a completion is cut only when n - T >= m tokens
+    success_threshold: float = 1.0  # groups whose verified accuracy is >= this are eligible (1.0 = all correct)
 
 
 def cut_lengths(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
@@ -43,7 +55,7 @@ def cut_lengths(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     return torch.where(cut, cut_at, n).to(torch.long)
 
 
-@register_transform("dot")
+@register_transform("dot", config=DOTConfig)
 def dot(inp: RewardInput, cfg: RewardConfig) -> RewardInput:
     """The input with DOT's outliers cut at a token boundary (``token_offsets``) and re-verified."""
     if inp.correct is None:

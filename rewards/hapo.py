@@ -10,8 +10,8 @@ from 1.1 h on; incorrect -> 0 below 1.1 h, ``max(-(n - 1.1 h)/h, -1)`` from 1.1 
 Example (h = 100): correct n = 50 -> .5; 105 -> 0; 150 -> -.4; 200 -> -.7; wrong n = 50 -> 0; 150 -> -.4; 300 -> -1.
 
 The history is read and seeded through :meth:`HAPOHistory.history` / :meth:`HAPOHistory.seed` (a run writes it to
-``reward_history.json``; ``reward.history_file`` seeds a new run with it). The term is ``w * that`` and sits
-on top of a separate correctness term. All rewards of a batch use the history from before the batch; afterwards
+``reward_history.json``; ``reward.history_file`` seeds a new run with it). The term sits on top of a separate
+correctness term; its weight (HAPO's ``w_lr``) is the one in ``reward.terms``. All rewards of a batch use the history from before the batch; afterwards
 ``h <- min(h, shortest correct length of the problem in this batch)`` ("min" mode) or a count-weighted running
 mean of correct lengths ("mean" mode). Over several ranks the per-rank updates are gathered and reduced.
 
@@ -20,13 +20,34 @@ wrong n=50 -> min(.707, 0)=0; wrong n=150 -> cos(3pi/4)=-.707.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
+from dataclasses import dataclass
 
 import torch
 
-from rewards.config import RewardConfig
 from rewards.registry import register_term
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
+
+
+@dataclass
+class HAPOConfig:
+    mode: str = "min"  # history update: min (shortest correct length so far) | mean (running mean of correct lengths)
+    shape: str = "cosine"  # length reward f (HAPO's type_lr): cosine | linear
+    correct_floor: float = -0.7  # correct answers: max(f, floor)
+    wrong_floor: float = -1.0  # linear: wrong answers' floor (cosine's f never falls below -1)
+    tolerance: float = 0.1  # linear: correct answers within [h, (1 + tolerance) h) get 0, longer ones a penalty
+
+
+def _validate(c: HAPOConfig) -> None:
+    from laconic.registry import one_of
+
+    one_of("reward.hapo.mode", c.mode, ("min", "mean"))
+    one_of("reward.hapo.shape", c.shape, ("cosine", "linear"))
 
 
 class HAPOHistory:
@@ -86,7 +107,7 @@ class HAPOHistory:
         self.h, self.count = dict(state["h"]), {k: int(v) for k, v in state["count"].items()}
 
 
-@register_term("hapo", state=HAPOHistory)
+@register_term("hapo", state=HAPOHistory, config=HAPOConfig, validate=_validate)
 def hapo(inp: RewardInput, cfg: RewardConfig, state: HAPOHistory) -> torch.Tensor:
     h = state.lookup([m["uid"] for m in inp.meta])
     n = inp.num_tokens.to(torch.float64)
@@ -100,4 +121,4 @@ def hapo(inp: RewardInput, cfg: RewardConfig, state: HAPOHistory) -> torch.Tenso
         f = torch.cos(torch.clamp(math.pi / 2 * n / h, max=math.pi))
         r = torch.where(inp.correct, f.clamp(min=c.correct_floor), f.clamp(max=0.0))
     r = torch.where(torch.isnan(h), torch.zeros_like(r), r)
-    return (c.weight * r).to(torch.float32)
+    return r.to(torch.float32)

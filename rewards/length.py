@@ -2,12 +2,42 @@
 included when sampled; the cap when truncated), ``c`` the verifier's verdict, groups are rows of one prompt."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from dataclasses import dataclass
+
 import torch
 
-from rewards.config import RewardConfig
 from rewards.groups import group_index
 from rewards.registry import register_term
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
+
+
+@dataclass
+class LCPOExactConfig:
+    alpha: float = 0.0003  # L1-Exact: r = c - alpha * |N - n| (Aggarwal & Welleck 2025)
+
+
+@dataclass
+class LCPOMaxConfig:
+    alpha: float = 0.001  # L1-Max: r = c * clip(alpha * (N - n) + delta, 0, 1)
+    delta: float = 0.5  # L1-Max offset (paper-era released code)
+    combine: str = "multiply"  # multiply: c * clip(..) (paper) | add: c + clip(..) (L1's code, multiplier_reward=false)
+
+
+@dataclass
+class ShorterBetterConfig:
+    alpha: float = 2.0  # weight of correctness: r = alpha * c - beta * |n - SOL| (Yi et al. 2025)
+    beta: float = 0.001  # weight of the distance to the sample-optimal length
+
+
+def _validate_max(c: LCPOMaxConfig) -> None:
+    from laconic.registry import one_of
+
+    one_of("reward.lcpo_max.combine", c.combine, ("multiply", "add"))
 
 
 def _targets(inp: RewardInput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,7 +47,7 @@ def _targets(inp: RewardInput) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([float(x) if x is not None else 0.0 for x in t]), has
 
 
-@register_term("lcpo_exact")
+@register_term("lcpo_exact", config=LCPOExactConfig)
 def lcpo_exact(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """L1-Exact (Aggarwal & Welleck 2025, eq. 1): ``r = c - alpha * |N - n|``, unclipped; rows without a target
     get plain ``c``. Example: alpha=3e-4, N=100: correct n=150 -> 1 - 0.015 = 0.985; wrong n=100 -> 0."""
@@ -33,7 +63,7 @@ def _max_reward(c: torch.Tensor, target: torch.Tensor, n: torch.Tensor, cfg: Rew
     return c * delta if m.combine == "multiply" else c + delta
 
 
-@register_term("lcpo_max")
+@register_term("lcpo_max", config=LCPOMaxConfig, validate=_validate_max)
 def lcpo_max(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """L1-Max: ``r = c * clip(alpha * (N - n) + delta, 0, 1)`` (``combine=add``: ``c + clip(...)``); rows without a
     target get ``c``. Example: alpha=1e-3, delta=.5, N=100: correct n=100 -> .5; n=0 -> .6; n=700 -> 0; wrong -> 0."""
@@ -63,7 +93,7 @@ def lcpo(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     return torch.where(has, r, c)
 
 
-@register_term("shorterbetter")
+@register_term("shorterbetter", config=ShorterBetterConfig)
 def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     """ShorterBetter (Yi et al. 2025): ``r = alpha * c - beta * |n - SOL|``, SOL = the shortest correct length of
     the group, or the group's mean length when none is correct. Example (alpha=2, beta=1e-3): group n=[100, 300],
@@ -90,5 +120,4 @@ def kimi(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
     hi = torch.full((g,), float("-inf")).scatter_reduce(0, inv, n, "amax")[inv]
     span = hi - lo
     lam = torch.where(span > 0, 0.5 - (n - lo) / span.clamp(min=1e-12), torch.zeros_like(n))
-    r = torch.where(inp.correct, lam, lam.clamp(max=0.0))
-    return cfg.kimi.weight * r
+    return torch.where(inp.correct, lam, lam.clamp(max=0.0))

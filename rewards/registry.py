@@ -13,41 +13,55 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from laconic.registry import Registry, suggest
-from rewards.config import RewardConfig
 from rewards.groups import group_mean
 from rewards.types import RewardInput, RewardOutput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
 from rewards.guard import CallFailed, guarded, is_user_function, load_function
 from rewards.plugins import as_term, as_verifier
 from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
-TransformFn = Callable[[RewardInput, RewardConfig], RewardInput]
+TransformFn = Callable[[RewardInput, "RewardConfig"], RewardInput]
 TERMS: Registry = Registry("reward term")
 STATE_TYPES: dict[str, type] = {}  # stateful terms: name -> state class (state_dict / load_state_dict / observe / apply)
 TOKEN_LEVEL: set[str] = set()  # terms returning [B,T] token rewards instead of [B]
 TRANSFORMS: Registry = Registry("rollout transform")  # verified input -> rewritten, re-verified input
+SECTIONS: dict[str, type] = {}  # config section (reward.<key>) -> the dataclass a term or transform file declares
+VALIDATORS: dict[str, Callable] = {}  # config section -> its validation, fn(section) raising ValueError
 _USER: dict[str, Callable] = {}  # user verifiers / terms named "module:function", loaded once
-TRUNCATION: dict[str, Callable[[torch.Tensor, torch.Tensor, RewardConfig], torch.Tensor]] = {
+TRUNCATION: dict[str, Callable[[torch.Tensor, torch.Tensor, "RewardConfig"], torch.Tensor]] = {
     "none": lambda r, cut, cfg: r,
     "zero": lambda r, cut, cfg: torch.where(cut, torch.zeros_like(r), r),  # DLER paper: truncated -> reward 0
     "scale": lambda r, cut, cfg: torch.where(cut, cfg.truncation_scale * r, r),  # DLER code: x 0.1
 }
 
 
-def register_term(name: str, state: type | None = None, token_level: bool = False) -> Callable[[TermFn], TermFn]:
-    """Decorator adding ``fn`` to :data:`TERMS`; a second term with the same name is an error.
+def register_term(name: str, state: type | None = None, token_level: bool = False, config: type | None = None,
+                  validate: Callable | None = None) -> Callable[[TermFn], TermFn]:
+    """Decorator adding ``fn`` to :data:`TERMS`; a second term with the same name is an error. A term is one file
+    that declares, here, everything Laconic needs of it:
 
-    A stateful term declares its ``state`` class and is called ``fn(inp, cfg, state)``; the state is read, never
-    written, while rewards are computed (every reward of a batch sees the state from before the batch).
+    - ``config``: its dataclass of parameters, which becomes the config section ``reward.<name>`` (the term reads
+      ``cfg.<name>``); its weight is the one in ``reward.terms``, never a field of its own;
+    - ``validate``: ``fn(section)`` raising ValueError naming the field, run before any model is built;
+    - ``state``: for a stateful term, the class of its per-problem state (``state_dict`` / ``load_state_dict`` /
+      ``observe`` / ``apply`` / ``history`` / ``seed``); the term is then called ``fn(inp, cfg, state)``, and reads,
+      never writes, the state (every reward of a batch sees the state from before the batch);
+    - ``token_level``: the term returns [B,T] token rewards instead of [B].
+
+    Term files live in ``rewards/``, which :mod:`rewards.config` imports whole before it builds ``RewardConfig``.
     """
 
     def deco(fn: TermFn) -> TermFn:
         TERMS.add(name, fn)
+        _declare(name, config, validate)
         if token_level:
             TOKEN_LEVEL.add(name)
         if state is not None:
@@ -57,7 +71,17 @@ def register_term(name: str, state: type | None = None, token_level: bool = Fals
     return deco
 
 
-def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
+def _declare(section: str, config: type | None, validate: Callable | None) -> None:
+    if config is not None:
+        if section in SECTIONS:
+            raise ValueError(f"config section reward.{section} is already declared by {SECTIONS[section].__module__}")
+        SECTIONS[section] = config
+    if validate is not None:
+        VALIDATORS[section] = validate
+
+
+def register_transform(name: str, config: type | None = None,
+                       validate: Callable | None = None) -> Callable[[TransformFn], TransformFn]:
     """Decorator adding ``fn(inp, cfg) -> RewardInput`` to :data:`TRANSFORMS`; duplicates are an error.
 
     A transform receives a verified input and returns one whose rows are consistent: cut texts, ``num_tokens`` (the
@@ -65,6 +89,7 @@ def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
 
     def deco(fn: TransformFn) -> TransformFn:
         TRANSFORMS.add(name, fn)
+        _declare(name, config, validate)
         return fn
 
     return deco

@@ -13,11 +13,15 @@ Example::
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rewards.config import RewardConfig
 from rewards.registry import STATE_TYPES, TERMS, apply, compute, make_states, observe
 from rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from rewards.config import RewardConfig
 
 
 class TRLReward:
@@ -25,6 +29,8 @@ class TRLReward:
                  eos_token_id: int | None = None, weight: float = 1.0) -> None:
         if term not in TERMS:
             raise KeyError(f"unknown reward term {term!r}; registered: {sorted(TERMS)}")
+        from rewards.config import RewardConfig
+
         base = cfg or RewardConfig()
         if base.transforms:
             raise ValueError(f"reward.transforms={base.transforms} rewrite completions; TRLReward cannot apply them")
