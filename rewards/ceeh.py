@@ -26,10 +26,9 @@ the loss, not the reward; :meth:`CEEHState.hard` gives its eq. 10 set for the tr
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -1,9 +1,8 @@
 """Correctness term: ``r_i = correct`` when the verifier accepted completion i, else ``incorrect``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 

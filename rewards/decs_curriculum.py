@@ -27,10 +27,9 @@ once per step after the update, and calls :func:`select` when it assembles the n
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 import random
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -23,10 +23,9 @@ so DLER's truncation rule does not apply to it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -20,10 +20,9 @@ wrong n=50 -> min(.707, 0)=0; wrong n=150 -> cos(3pi/4)=-.707.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 

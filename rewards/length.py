@@ -2,9 +2,8 @@
 included when sampled; the cap when truncated), ``c`` the verifier's verdict, groups are rows of one prompt."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -19,13 +19,13 @@ import torch
 
 from laconic.registry import Registry, suggest
 from rewards.groups import group_mean
+from rewards.guard import CallFailed, guarded, is_user_function, load_function
+from rewards.plugins import as_term, as_verifier
 from rewards.types import RewardInput, RewardOutput
+from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 if TYPE_CHECKING:
     from rewards.config import RewardConfig
-from rewards.guard import CallFailed, guarded, is_user_function, load_function
-from rewards.plugins import as_term, as_verifier
-from rewards.verifiers import SELF_TIMED, VERIFIERS
 
 TermFn = Callable[..., torch.Tensor]
 TransformFn = Callable[[RewardInput, "RewardConfig"], RewardInput]
