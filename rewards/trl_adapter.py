@@ -12,6 +12,7 @@ Example::
     GRPOTrainer(model=..., reward_funcs=[reward], ...)   # the dataset needs an "answer" column
 """
 from __future__ import annotations
+
 from typing import TYPE_CHECKING
 
 import torch
