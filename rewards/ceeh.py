@@ -1,5 +1,6 @@
 """CEEH length term (Luo et al. 2026, "Compress the Easy, Explore the Hard", arXiv 2602.22642, §3.3-3.4, eq. 13-16;
-released code ``trainer/edlao_trainer.py::compute_length_reward``, defaults from ``train.sh``).
+released code QinwenLuo/CEEH @c3266288 ``trainer/edlao_trainer.py`` ``EDLAORayPPOTrainer.compute_length_reward``,
+defaults from ``train.sh``).
 
 Per problem (``meta["uid"]``) the state keeps a historical accuracy ``Acc_h`` and an optimal length ``L*``, both
 asymmetric EMAs. For a completion of ``n`` tokens in a group whose accuracy in this batch is ``acc``:

@@ -1,5 +1,6 @@
 """DOT, Dynamic Outlier Truncation (Wu et al. 2026, "Anti-Length Shift", arXiv 2601.03969; released code
-``projects/dot/length_truncation.py``, defaults from ``projects/dot/runs/run_dot.sh``).
+U-rara/DOT @9e6574bd ``projects/dot/length_truncation.py`` ``apply_length_truncation``, defaults from
+``projects/dot/runs/run_dot.sh``).
 
 Only groups the policy already solves (verified accuracy >= ``success_threshold``, paper: 1.0, all correct) are
 touched. For such a group with lengths ``L_i`` (tokens, EOS included) the cut is

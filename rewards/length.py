@@ -94,8 +94,9 @@ def lcpo(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
 
 @register_term("shorterbetter", config=ShorterBetterConfig)
 def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
-    """ShorterBetter (Yi et al. 2025): ``r = alpha * c - beta * |n - SOL|``, SOL = the shortest correct length of
-    the group, or the group's mean length when none is correct. Example (alpha=2, beta=1e-3): group n=[100, 300],
+    """ShorterBetter (Yi et al. 2025; JingyangYi/ShorterBetter @b7564239, ``verl/verl/workers/reward_manager/naive.py``
+    ``NaiveRewardManager.check_correctness_and_length`` and its reward): ``r = alpha * c - beta * |n - SOL|``, unclipped,
+    SOL = the shortest correct length of the group, or the group's mean length when none is correct. Example (alpha=2, beta=1e-3): group n=[100, 300],
     c=[0, 1] -> SOL=300 -> r=[-0.2, 2.0]; all wrong n=[100, 300] -> SOL=200 -> r=[-0.1, -0.1]."""
     n = inp.num_tokens.to(torch.float32)
     c = inp.correct
@@ -110,7 +111,8 @@ def shorterbetter(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
 
 @register_term("kimi")
 def kimi(inp: RewardInput, cfg: RewardConfig) -> torch.Tensor:
-    """Kimi k1.5 length reward (Kimi Team 2025, §2.3.3): ``lambda = 0.5 - (n - n_min) / (n_max - n_min)`` per group;
+    """Kimi k1.5 length reward (Kimi Team 2025, §2.3.3; the paper only: MoonshotAI/Kimi-k1.5 releases no code):
+    ``lambda = 0.5 - (n - n_min) / (n_max - n_min)`` per group (tokens; open-r1's ``len_reward`` counts characters);
     correct -> lambda, wrong -> min(0, lambda); all 0 when the group's lengths are equal.
     Example: n=[100, 200, 300], c=[1, 1, 0] -> lambda=[.5, 0, -.5] -> r=[.5, 0, -.5]."""
     n = inp.num_tokens.to(torch.float32)

@@ -114,3 +114,16 @@ def test_hapo_state_round_trip():
 def test_stateful_term_without_state_is_an_error():
     with pytest.raises(KeyError, match="stateful"):
         compute(_inp([1], [1]), RewardConfig(terms={"hapo": 1.0}))
+
+
+@pytest.mark.unit
+def test_shorterbetter_as_its_released_reward_manager():
+    """JingyangYi/ShorterBetter @b7564239 NaiveRewardManager (alpha 2, beta 1e-3): lengths 800 wrong, 1200 right,
+    2000 right, 3000 wrong -> SOL 1200 -> [-.4, 2.0, 1.2, -1.8]; all wrong 1000, 2000, 3000, 6000 -> SOL = mean 3000
+    -> [-2, -1, 0, -3]."""
+    cfg = RewardConfig(terms={"shorterbetter": 1.0})
+    n = [800, 1200, 2000, 3000, 1000, 2000, 3000, 6000]
+    inp = RewardInput(completions=[""] * 8, num_tokens=torch.tensor(n), truncated=torch.zeros(8, dtype=torch.bool),
+                      group_ids=torch.tensor([0] * 4 + [1] * 4), meta=[{"answer": "1", "uid": str(i)} for i in range(8)],
+                      correct=torch.tensor([False, True, True, False] + [False] * 4))
+    assert compute(inp, cfg).total.tolist() == pytest.approx([-0.4, 2.0, 1.2, -1.8, -2.0, -1.0, 0.0, -3.0], abs=1e-5)
