@@ -26,6 +26,7 @@ As a verifier a score is a verdict: correct when it is > 0 (verl's math scorers 
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -70,6 +71,7 @@ def _trl_call(fn: Callable, completions: list[str], metas: list[dict]) -> list[f
     return list(out)
 
 
+@functools.cache  # adapted once per function: the signature is not inspected again every batch
 def as_verifier(fn: Callable, data_source: str = "laconic") -> Callable[[str, object, dict], bool]:
     """``fn`` as ``verdict(completion, answer, meta) -> bool``, whatever its convention."""
     kind = convention(fn)
@@ -83,6 +85,7 @@ def as_verifier(fn: Callable, data_source: str = "laconic") -> Callable[[str, ob
     return lambda text, answer, meta: fn(text, answer)
 
 
+@functools.cache
 def as_term(fn: Callable, data_source: str = "laconic") -> Callable:
     """``fn`` as a Laconic term ``term(inp, cfg) -> [B]``, whatever its convention."""
     kind = convention(fn)

@@ -190,7 +190,7 @@ class Trainer:
         return out
 
     def log_phase(self, step: int, sample: Sample, sums, timers: Timers, drafter_stats: dict) -> dict:
-        c, t = self.cfg, self.cfg.trainer
+        t = self.cfg.trainer
         ctx = StepContext(step=step + 1, epoch=self.sampler.stream.epoch, world_size=self.d.world_size,
                           optimizer_steps=float(t.epochs * t.mini_batches), policy_lr=self.policy.lr(),
                           policy_version=self.version, has_reference=self.updater.reference is not None,
