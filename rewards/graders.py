@@ -17,11 +17,10 @@ verifier        follows                         rule
 Every grader scores 1 / 0 in its paper's training (format errors 0), which is what the correctness term's
 ``correct`` / ``incorrect`` values give.
 
-``deepscaler``'s symbolic step: DeepScaleR first decides two cases structurally (two fractions ``a/b`` must be the
-same string, so an unreduced ``2/4`` is not ``1/2``; an integer never equals a non-integer), then asks sympy
-whether the difference simplifies to 0 after its own normaliser. The structural rules and the normaliser's string
-clean-up are DeepScaleR's; the final symbolic equality is math-verify's (``sympy`` underneath), not DeepScaleR's
-``parse_expr`` pipeline.
+``deepscaler`` is DeepScaleR's two-stage comparison whole: the MATH normaliser on both sides, then PRM800K's
+sympy grader (its own normaliser, pylatexenc's LaTeX-to-text, ``parse_expr`` with implicit multiplication and
+``simplify``), including the rules that make it strict: an unreduced fraction is not its reduced form and an integer
+never equals a non-integer. It runs under ``reward.timeout_s``; the math-verify graders run their own timers.
 """
 from __future__ import annotations
 
@@ -58,13 +57,21 @@ def after_first_think(completion: str) -> str | None:
 # --------------------------------------------------------------------------- MATH normalisation (Hendrycks)
 
 
+class _Unnormalisable(Exception):
+    """The MATH normaliser hit input its string surgery does not handle (an empty ``\\frac`` / ``\\sqrt`` argument,
+    two ``\\text{ `` unit suffixes): DeepScaleR then compares the answer as it was, un-normalised."""
+
+
 def _fix_fracs(s: str) -> str:
-    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{2}`` -> ``\\frac{1}{2}`` (a braced numerator is left as it is)."""
+    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{2}`` -> ``\\frac{1}{2}``; a braced numerator is left as it is; a
+    one-character argument leaves the whole string unchanged; an empty one is unnormalisable."""
     head, *rest = s.split("\\frac")
     out = head
     for part in rest:
         out += "\\frac"
-        if part and part[0] == "{":
+        if not part:
+            raise _Unnormalisable(s)
+        if part[0] == "{":
             out += part
         elif len(part) < 2:
             return s
@@ -76,35 +83,40 @@ def _fix_fracs(s: str) -> str:
 
 
 def _fix_a_slash_b(s: str) -> str:
-    """``3/4`` (two integers) -> ``\\frac{3}{4}``."""
+    """``3/4`` -> ``\\frac{3}{4}`` when both sides are integers written canonically (``int`` round trip: ``03/4`` and
+    ``+3/4`` stay as they are)."""
     parts = s.split("/")
-    if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[0]) and re.fullmatch(r"-?\d+", parts[1]):
-        return "\\frac{" + parts[0] + "}{" + parts[1] + "}"
-    return s
+    if len(parts) != 2:
+        return s
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:
+        return s
+    return "\\frac{" + str(a) + "}{" + str(b) + "}" if s == f"{a}/{b}" else s
 
 
 def _fix_sqrt(s: str) -> str:
-    """``\\sqrt3`` -> ``\\sqrt{3}``."""
+    """``\\sqrt3`` -> ``\\sqrt{3}``; ``\\sqrt`` with nothing after it is unnormalisable."""
+    if "\\sqrt" not in s:
+        return s
     head, *rest = s.split("\\sqrt")
-    return head + "".join("\\sqrt" + (p if not p or p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in rest)
+    for part in rest:
+        if not part:
+            raise _Unnormalisable(s)
+        head += "\\sqrt" + (part if part[0] == "{" else "{" + part[0] + "}" + part[1:])
+    return head
 
 
-def mathd_normalize(s: str) -> str:
-    """The MATH data set's answer normaliser (Hendrycks et al. 2021), as DeepScaleR's ``grade_answer_mathd`` applies
-    it to both sides: a whole-string ``\\text{...}`` unwrapped; line breaks, ``\\!``, ``\\left``/``\\right``,
-    degrees, ``\\$`` and percent signs removed; ``tfrac``/``dfrac`` -> ``frac``; right-hand ``\\text{ units}`` cut;
-    ``.5`` -> ``0.5``; a short ``k=`` prefix dropped; ``\\sqrt3`` / ``\\frac12`` braced; spaces removed; ``0.5`` ->
-    ``\\frac{1}{2}``; ``a/b`` -> ``\\frac{a}{b}``."""
-    s = s.strip()
-    m = re.fullmatch(r"\\text\{(.*)\}", s)
-    if m:
-        s = m.group(1)
+def _strip_string(s: str) -> str:
     s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
     s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
     s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
-    if "\\text{ " in s:
-        s = s.split("\\text{ ")[0]
-    s = s.replace("\\%", "").replace("%", "")
+    if "\\text{ " in s:  # a unit suffix, cut; more than one is unnormalisable
+        pieces = s.split("\\text{ ")
+        if len(pieces) != 2:
+            raise _Unnormalisable(s)
+        s = pieces[0]
+    s = s.replace("\\%", "")
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     if not s:
         return s
@@ -120,79 +132,182 @@ def mathd_normalize(s: str) -> str:
     return _fix_a_slash_b(s)
 
 
-# --------------------------------------------------------------------------- DeepScaleR's symbolic comparison
+def mathd_normalize(answer: str) -> str:
+    """The MATH data set's answer normaliser (Hendrycks et al. 2021), as DeepScaleR's ``mathd_normalize_answer``
+    applies it to both sides: stripped; a whole-string ``\\text{...}`` unwrapped; line breaks, ``\\!``,
+    ``\\left``/``\\right``, degrees, ``\\$`` and ``\\%`` removed; ``tfrac``/``dfrac`` -> ``frac``; a right-hand
+    ``\\text{ units}`` cut; ``.5`` -> ``0.5``; a short ``k=`` prefix dropped; ``\\sqrt3`` / ``\\frac12`` braced;
+    spaces removed; ``0.5`` -> ``\\frac{1}{2}``; ``a/b`` -> ``\\frac{a}{b}``. Unnormalisable input comes back
+    stripped and unwrapped, as DeepScaleR's ``except`` returns it."""
+    s = answer.strip()
+    m = re.fullmatch(r"\\text\{(.+?)\}", s)
+    if m:
+        s = m.group(1).strip()
+    try:
+        return _strip_string(s)
+    except _Unnormalisable:
+        return s
+
+
+# --------------------------------------------------------------------------- DeepScaleR's sympy comparison (PRM800K)
 
 _UNITS = ("degree", "cm", "centimeter", "meter", "mile", "second", "minute", "hour", "day", "week", "month", "year",
           "foot", "feet", "inch", "yard")
+_TUPLE_CHARS = "()[]"
+# sympy can hang on these; DeepScaleR refuses to evaluate them rather than be lenient
+_BAD_SUBSTRINGS = ("^{", "^(")
+_BAD_REGEXES = (r"\^[0-9]+\^", r"\^[0-9][0-9]+")
+_LATEX_SYMBOLS = (("√", "sqrt"), ("π", "pi"), ("∞", "inf"), ("∪", "U"), ("·", "*"), ("×", "*"))
 
 
-def _symbolic_normalize(s: str) -> str:
-    """DeepScaleR's second normaliser, string clean-up only: ``\\text{}`` unwrapped, ``$``/``%`` removed, ``or``/``and``
-    -> ``,``, million/billion/trillion -> powers of ten, unit words and degrees dropped, one outer ``{}`` stripped,
-    an integral float -> its integer, spaces removed, lower-cased, thousands commas of an integer removed."""
-    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
-    s = s.replace("$", "").replace("\\%", "").replace("%", "").replace(" or ", " , ").replace(" and ", " , ")
+def _latex_to_text(expr: str) -> str:
+    """LaTeX -> text sympy can read: pylatexenc's plain-text rendering, with its Unicode symbols spelled out;
+    ``\\frac`` gets a leading space so that a mixed number ``3\\frac12`` reads ``3 1/2``."""
+    from pylatexenc.latex2text import LatexNodes2Text
+
+    expr = expr.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac").replace("\\frac", " \\frac")
+    expr = LatexNodes2Text().latex_to_text(expr)
+    for symbol, word in _LATEX_SYMBOLS:
+        expr = expr.replace(symbol, word)
+    return expr.strip()
+
+
+def _float_or_none(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _near_int(x: float) -> bool:
+    try:
+        return abs(x - int(round(x))) <= 1e-7
+    except (OverflowError, ValueError):  # inf, nan
+        return False
+
+
+def _strip_thousands_commas(expr: str) -> str:
+    """``1,234,567`` -> ``1234567``, leaving tuple commas (``(1,2)``) alone."""
+    pattern = re.compile(r"(\d)(,)(\d\d\d)($|\D)")
+    while True:
+        nxt = pattern.sub(r"\1\3\4", expr)
+        if nxt == expr:
+            return nxt
+        expr = nxt
+
+
+def _str_is_int(s: str) -> bool:
+    x = _float_or_none(_strip_thousands_commas(s))
+    return x is not None and _near_int(x)
+
+
+def _is_frac(expr: str) -> bool:
+    return re.search(r"^-?[0-9]+.?/0*[1-9][0-9]*.?$", expr) is not None
+
+
+def sympy_normalize(expr: str) -> str:
+    """DeepScaleR's second normaliser (``_normalize``, from PRM800K's grader): whole-string ``\\text{}`` unwrapped;
+    ``$``/``%`` removed; `` or ``/`` and `` -> `` , ``; million/billion/trillion -> ``*10^k``; unit words (plural,
+    with a power) and ``^\\circ`` dropped; one outer ``{}`` stripped; ``,\\!`` thousands separators removed; an
+    integral float -> its integer; LaTeX rendered as text (pylatexenc); ``- `` joined; a mixed number ``7 3/4`` ->
+    ``7+3/4``; spaces and braces removed; lower-cased; an integer (thousands commas allowed) -> its digits."""
+    m = re.search(r"^\\text\{(?P<text>.+?)\}$", expr)
+    if m is not None:
+        expr = m.group("text")
+    expr = expr.replace("\\%", "%").replace("\\$", "$").replace("$", "").replace("%", "")
+    expr = expr.replace(" or ", " , ").replace(" and ", " , ")
     for word, power in (("million", "*10^6"), ("billion", "*10^9"), ("trillion", "*10^12")):
-        s = s.replace(word, power)
+        expr = expr.replace(word, power)
     for unit in _UNITS:
-        s = re.sub(rf"{unit}(es)?(s)? *(\^[0-9]+)?", "", s)
-    s = re.sub(r"\^ *\\circ", "", s)
-    if len(s) > 1 and s[0] == "{" and s[-1] == "}":
-        s = s[1:-1]
-    s = s.strip()
-    if re.fullmatch(r"-?\d+\.0+", s):
-        s = s.split(".")[0]
-    s = s.replace(" ", "").lower()
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", s):
-        s = s.replace(",", "")
-    return s
+        expr = re.sub(rf"{unit}(es)?(s)? *(\^[0-9]+)?", "", expr)
+    expr = re.sub(r"\^ *\\circ", "", expr)
+    if expr and expr[0] == "{" and expr[-1] == "}":
+        expr = expr[1:-1]
+    expr = re.sub(r",\\! *", "", expr)
+    x = _float_or_none(expr)
+    if x is not None and _near_int(x):
+        expr = str(int(round(x)))
+    if "\\" in expr:
+        try:
+            expr = _latex_to_text(expr)
+        except Exception:  # noqa: BLE001 -- pylatexenc rejects malformed LaTeX; DeepScaleR then keeps the string
+            pass
+    expr = re.sub(r"- *", "-", expr)
+    expr = re.sub(r"([0-9]) +([0-9])", r"\1+\2", expr)
+    expr = expr.replace(" ", "").replace("{", "").replace("}", "").lower()
+    if _str_is_int(expr):
+        expr = str(int(float(expr.replace(",", ""))))
+    return expr
 
 
-def _is_int(s: str) -> bool:
-    return re.fullmatch(r"-?\d+", s) is not None
+def _may_evaluate(expr: str) -> bool:
+    """No more than two distinct unknown letters (``sqrt``/``frac`` aside) and none of the exponent shapes sympy
+    can hang on: DeepScaleR's guard before ``parse_expr``, which ``eval``s its input."""
+    letters = {c for c in expr.replace("sqrt", "").replace("frac", "") if c.isalpha()}
+    return (len(letters) <= 2 and not any(b in expr for b in _BAD_SUBSTRINGS)
+            and not any(re.search(r, expr) for r in _BAD_REGEXES))
 
 
-def _is_frac(s: str) -> bool:
-    return re.fullmatch(r"-?\d+/\d+", s) is not None
+def _sympy_equal(ref: str, pred: str) -> bool:
+    """``simplify((ref) - (pred)) == 0`` under sympy's standard transformations plus implicit multiplication and
+    function application, ``^`` read as power. A parse or simplify error is inequality. Only ``Exception`` is
+    caught (DeepScaleR catches everything), so that ``reward.timeout_s``'s alarm still stops a runaway simplify."""
+    import sympy
+    from sympy.parsing import sympy_parser
+
+    diff = f"({ref})-({pred})"
+    if not _may_evaluate(diff):
+        return False
+    transformations = sympy_parser.standard_transformations + (sympy_parser.implicit_multiplication_application,)
+    try:
+        return sympy.simplify(sympy_parser.parse_expr(diff.replace("^", "**"), transformations=transformations)) == 0
+    except Exception:  # noqa: BLE001 -- any sympy failure means "not shown equal"
+        return False
 
 
-def symbolic_equal(pred: str, ref: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
-    """DeepScaleR's ``grade_answer_sympy`` decisions (module docstring), element by element for bracketed tuples of
-    the same length; the symbolic equality of what is left is math-verify's."""
-    from math_verify import parse, verify
+def _split_tuple(expr: str) -> list[str]:
+    """Elements of a tuple / interval (``(a,b)``, ``[a,b)``: bracket characters only at the ends), thousands
+    commas kept inside numbers; ``[]`` for the empty string; else ``[expr]``."""
+    expr = _strip_thousands_commas(expr)
+    if not expr:
+        return []
+    if (len(expr) > 2 and expr[0] in _TUPLE_CHARS and expr[-1] in _TUPLE_CHARS
+            and not any(ch in expr[1:-1] for ch in _TUPLE_CHARS)):
+        return [e.strip() for e in expr[1:-1].split(",")]
+    return [expr]
 
-    p, r = _symbolic_normalize(pred), _symbolic_normalize(ref)
+
+def symbolic_equal(pred: str, ref: str) -> bool:
+    """DeepScaleR's ``grade_answer_sympy``: both sides through :func:`sympy_normalize`; equal strings are equal; an
+    empty prediction is not; tuples must open and close with the same brackets and have as many elements; element
+    by element, two fractions ``a/b`` must be the same string (an unreduced ``2/4`` is not ``1/2``), an integer
+    never equals a non-integer, anything else is equal when sympy simplifies the difference to 0."""
+    r, p = sympy_normalize(ref), sympy_normalize(pred)
+    if r == p:
+        return True
     if not p:
         return False
-    if p == r:
-        return True
-    ps, rs = _split_tuple(p), _split_tuple(r)
-    if len(ps) != len(rs) or (len(rs) > 1 and (p[0] != r[0] or p[-1] != r[-1])):
+    rs, ps = _split_tuple(r), _split_tuple(p)
+    if len(rs) > 1 and (r[0] != p[0] or r[-1] != p[-1]):
         return False
-    for a, b in zip(ps, rs):
-        if a == b:
-            continue
+    if len(rs) != len(ps):
+        return False
+    for a, b in zip(rs, ps):
         if _is_frac(a) and _is_frac(b):
-            return False  # fractions must be written the same way
-        if _is_int(a) != _is_int(b):
-            return False  # an integer never equals a non-integer
-        gold, got = parse(f"${b}$", parsing_timeout=timeout_s), parse(f"${a}$", parsing_timeout=timeout_s)
-        if not (gold and got and verify(gold, got, timeout_seconds=timeout_s)):
+            ok = a == b
+        elif _str_is_int(a) != _str_is_int(b):
+            ok = False
+        else:
+            ok = _sympy_equal(a, b)
+        if not ok:
             return False
     return True
-
-
-def _split_tuple(s: str) -> list[str]:
-    """Elements of a bracketed tuple / interval ``(a,b)`` / ``[a,b]``, else ``[s]``."""
-    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and "," in s:
-        return [e.strip() for e in s[1:-1].split(",")]
-    return [s]
 
 
 # --------------------------------------------------------------------------- the graders
 
 
-def deepscaler(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
+def deepscaler(completion: str, answer) -> bool:
     """DeepScaleR's grader (agentica-project/deepscaler @95ef74ff, ``deepscaler/rewards/math_reward.py``
     ``RewardMathFn.__call__`` with ``math_utils`` ``extract_answer`` / ``grade_answer_mathd`` /
     ``grade_answer_sympy``; the same in cmu-l3/l1 @c3b546e6 and NVlabs/DLER @498b8ed6).
@@ -214,7 +329,7 @@ def deepscaler(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) ->
             if ref is None:
                 continue
         refs.append(ref)
-    return any(mathd_normalize(pred) == mathd_normalize(r) or symbolic_equal(pred, r, timeout_s) for r in refs)
+    return any(mathd_normalize(pred) == mathd_normalize(r) or symbolic_equal(pred, r) for r in refs)
 
 
 def decs(completion: str, answer: str, timeout_s: int = MATH_TIMEOUT_S) -> bool:
@@ -246,7 +361,7 @@ def math_verify_grader(completion: str, answer: str, timeout_s: int = MATH_TIMEO
     return solution is not None and math_equal(solution, answer, timeout_s)
 
 
-SELF_TIMED.update({"deepscaler", "decs", "math_verify"})  # math-verify runs its own SIGALRM timers
+SELF_TIMED.update({"decs", "math_verify"})  # math-verify runs its own SIGALRM timers; deepscaler runs under reward.timeout_s
 VERIFIERS.add("deepscaler", deepscaler)
 VERIFIERS.add("decs", decs)
 VERIFIERS.add("math_verify", math_verify_grader)

@@ -33,7 +33,7 @@ import torch
 import rewards
 from rewards import RewardOutput
 from rollout.types import RolloutBatch
-from trainers.algo.advantages import ADVANTAGE, dense_rewards, masked_whiten
+from trainers.algo.advantages import ADVANTAGE, boost_correct, dense_rewards, masked_whiten
 from trainers.algo.losses import KL
 from trainers.algo.types import AdvantageInput
 from trainers.backend import distributed
@@ -155,6 +155,10 @@ class Trainer:
         returns = adv + fwd.values if fwd.values is not None else None
         if a.whiten_advantages:
             adv = masked_whiten(adv, batch.completion_mask, distributed.all_sum).to(torch.float32)
+        if a.correct_boost > 0:
+            if rewards.score is None:
+                raise ValueError("algo.correct_boost needs the rewards' pre-penalty score (RewardOutput.score)")
+            adv = boost_correct(adv, rewards.score, batch.completion_mask, a.correct_boost, a.correct_boost_threshold)
         return adv, returns
 
     def sync_phase(self) -> None:

@@ -94,6 +94,17 @@ def dler_batch(inp: AdvantageInput, cfg: AlgoConfig) -> torch.Tensor:
     return _broadcast(seq[:, 0], inp.mask)
 
 
+def boost_correct(adv: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, boost: float,
+                  threshold: float) -> torch.Tensor:
+    """DLER's correct-sample advantage boost (NVlabs/DLER @498b8ed6, ``verl/workers/actor/dp_actor.py``
+    ``boost_high_score_advantages``, ``correct_sample_advantage_boost_value=0.1`` in ``dler.sh``): ``boost`` added
+    to every token of a row whose score (before the length penalty) is at least ``threshold - 1e-5``, after the
+    estimator and any whitening, so a correct completion keeps a positive push when its group or batch normalises
+    it to about zero. ``adv`` [B,T], ``scores`` [B], ``mask`` [B,T] -> [B,T] (0 off the mask)."""
+    high = (scores >= threshold - 1e-5).to(adv.dtype).unsqueeze(-1)
+    return (adv + boost * high) * mask
+
+
 def dense_rewards(inp: AdvantageInput) -> torch.Tensor:
     """[B,T] per-token rewards: ``token_rewards`` when a term produced them, else each sequence reward on its last
     valid token (the outcome reward of an episode that ends there)."""

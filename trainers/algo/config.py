@@ -18,6 +18,8 @@ class AlgoConfig:
     clip_high: float = 0.2  # PPO ratio clip above: 1 + clip_high (clip-higher: e.g. 0.28)
     aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
     norm_length: int = 0  # seq-mean-token-sum-norm's constant divisor; 0 = rollout.max_tokens (Dr.GRPO)
+    correct_boost: float = 0.0  # added to the advantage of every row whose score reached correct_boost_threshold (DLER: 0.1)
+    correct_boost_threshold: float = 1.0  # on RewardOutput.score (before truncation / length rules), within 1e-5
     whiten_advantages: bool = False  # whiten advantages over the whole batch (all ranks) after the estimator (PPO)
     gamma: float = 1.0  # gae: discount
     lam: float = 1.0  # gae: lambda of generalised advantage estimation
@@ -48,5 +50,7 @@ def validate(a: AlgoConfig) -> None:
         raise ValueError("algo.kl_in_reward=true needs algo.kl_coef > 0 (there is no KL penalty to put in the reward)")
     if a.sampler_is_cap <= 1:
         raise ValueError(f"algo.sampler_is_cap={a.sampler_is_cap} must be > 1")
+    if a.correct_boost < 0:
+        raise ValueError(f"algo.correct_boost={a.correct_boost} must be >= 0 (0 = off)")
     if not (0 <= a.gamma <= 1 and 0 <= a.lam <= 1):
         raise ValueError(f"algo.gamma={a.gamma} and algo.lam={a.lam} must lie in [0, 1]")

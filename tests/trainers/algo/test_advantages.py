@@ -1,5 +1,6 @@
 """Advantage estimators against numbers derived by hand."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -235,3 +236,42 @@ def test_masked_whiten_by_hand():
     x = torch.tensor([[1.0, 3.0], [5.0, 100.0]])
     out = masked_whiten(x, torch.tensor([[True, True], [True, False]]), eps=0.0)
     assert out.flatten().tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0])
+
+
+@pytest.mark.unit
+def test_dler_correct_boost_by_hand():
+    """NVlabs/DLER @498b8ed6 dp_actor.boost_high_score_advantages with dler.sh's value 0.1 (threshold 1.0): +0.1 on
+    every token of a row whose pre-penalty score is >= 1 - 1e-5, whatever its reward after the truncation rule."""
+    from trainers.algo.advantages import boost_correct
+
+    adv = torch.tensor([[0.5, 0.5, 0.5], [-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2]])
+    scores = torch.tensor([1.0, 0.999995, 0.9999, 0.0])  # row 1 within 1e-5 of the threshold; row 2 not
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[0, 2] = False
+    out = boost_correct(adv, scores, mask, 0.1, 1.0)
+    assert torch.allclose(out, torch.tensor([[0.6, 0.6, 0.0], [-0.9, -0.9, -0.9], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2]]))
+
+
+@pytest.mark.unit
+def test_advantage_phase_boosts_on_the_score_not_the_truncated_reward():
+    """In the trainer's phase 5 the boost reads RewardOutput.score: a correct completion cut at the cap (reward 0 after
+    DLER's truncation rule, score 1) is boosted; the r1_1p5b_dler recipe turns it on with DLER's 0.1."""
+    from types import SimpleNamespace
+
+    from recipes.loader import load
+    from rewards.types import RewardOutput
+    from trainers.rl import Trainer
+    from trainers.update import Forward
+
+    cfg, _ = load("r1_1p5b_dler", [])
+    assert cfg.algo.correct_boost == 0.1 and cfg.algo.correct_boost_threshold == 1.0
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    batch = SimpleNamespace(group_ids=torch.tensor([0, 0, 1, 1]), completion_mask=mask)
+    rewards = RewardOutput(total=torch.tensor([1.0, 0.0, 0.0, 1.0]), correct=torch.tensor([True, True, False, True]),
+                           score=torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    fwd = Forward(old_logprobs=None, ref_logprobs=None, values=None, is_weights=None)
+    plain = SimpleNamespace(cfg=SimpleNamespace(algo=replace(cfg.algo, correct_boost=0.0)))
+    boosted = SimpleNamespace(cfg=cfg)
+    a0, _ = Trainer.advantage_phase(plain, batch, rewards, fwd)
+    a1, _ = Trainer.advantage_phase(boosted, batch, rewards, fwd)
+    assert torch.allclose(a1 - a0, torch.tensor([[0.1, 0.1], [0.1, 0.1], [0.0, 0.0], [0.1, 0.1]]))
