@@ -38,10 +38,16 @@ def parse_argv(argv: list[str]) -> tuple[str | None, list[str], int | None]:
 
 
 def resolve_model(cfg) -> str:
-    """``model.path`` as a folder; ``tiny-base`` builds or finds the embedded base model (one builder at a time)."""
+    """``model.path`` as a folder; ``tiny-base`` builds or finds the embedded base model, ``smollm2-135m-instruct``
+    converts or finds the real one from its package (one builder at a time)."""
+    from recipes.tasks import smollm2
+
+    if cfg.model.path == smollm2.NAME:
+        return str(smollm2.ensure_smollm2())
     if cfg.model.path != "tiny-base":
         if not os.path.isdir(cfg.model.path):
-            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a folder (an HF model folder or 'tiny-base')")
+            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a folder (an HF model folder, 'tiny-base' or "
+                                    f"'smollm2-135m-instruct')")
         if not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise FileNotFoundError(f"model.path={cfg.model.path!r} has no config.json: not an HF model folder")
         return cfg.model.path

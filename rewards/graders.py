@@ -12,6 +12,10 @@ verifier        follows                         rule
 ``decs``        pixas/DECS @0d12e536             exactly one ``</think>`` (0 or 2+: incorrect); math-verify on the
                 ``math_verify.compute_score``    text after it (no box needed), the reference boxed
 ``math_verify`` HF math-verify on the answer     ``</think>`` required; math-verify on the text after the first one
+``reasoning_``  open-thought/reasoning-gym        the last ``<answer>..</answer>`` span, the task's ``score_answer``;
+``gym``         ``extract_answer`` + task score   correct at 1.0 (rows from ``data.task=rg:NAME`` / ``gsm8k``)
+``reasoning_``  the same task score               the completion's last number instead of the ``<answer>`` span
+``gym_number``
 =============== =============================== ===================================================================
 
 Every grader scores 1 / 0 in its paper's training (format errors 0), which is what the correctness term's
@@ -361,7 +365,47 @@ def math_verify_grader(completion: str, answer: str, timeout_s: int = MATH_TIMEO
     return solution is not None and math_equal(solution, answer, timeout_s)
 
 
+def reasoning_gym(completion: str, answer: str, meta: dict) -> bool:
+    """reasoning-gym's own grading (``reasoning_gym.utils.extract_answer`` then the task's ``score_answer``, as its
+    evaluation scripts do): the last ``<answer>...</answer>`` span (stripped), scored by the row's task (``meta["rg"]``:
+    the entry, its ``metadata.source_dataset`` names the task); correct at a score of 1.0 (several tasks give partial
+    credit, e.g. 0.01 for a wrong number in ``gsm_symbolic``). No span: incorrect. ``answer`` is the entry's own."""
+    from reasoning_gym import get_score_answer_fn
+    from reasoning_gym.utils import extract_answer as rg_extract
+
+    entry = meta.get("rg")
+    if entry is None:
+        raise ValueError("the reasoning_gym verifier needs rows from data.task=rg:NAME or data.eval_task=gsm8k (no "
+                         "'rg' field in this row)")
+    pred = rg_extract(completion)
+    if pred is None:
+        return False
+    return float(get_score_answer_fn(entry["metadata"]["source_dataset"])(pred, entry)) >= 1.0
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def reasoning_gym_number(completion: str, answer: str, meta: dict) -> bool:
+    """The last number of the completion (thousands commas removed), scored by the row's reasoning-gym task as
+    :func:`reasoning_gym` scores an ``<answer>`` span: for models too small to keep reasoning-gym's answer tags
+    (SmolLM2-135M writes them in under 3% of completions), on tasks whose answer is one number. No number:
+    incorrect."""
+    from reasoning_gym import get_score_answer_fn
+
+    entry = meta.get("rg")
+    if entry is None:
+        raise ValueError("the reasoning_gym_number verifier needs rows from data.task=rg:NAME or data.eval_task=gsm8k "
+                         "(no 'rg' field in this row)")
+    numbers = _NUMBER.findall(completion.replace(",", ""))
+    if not numbers:
+        return False
+    return float(get_score_answer_fn(entry["metadata"]["source_dataset"])(numbers[-1], entry)) >= 1.0
+
+
 SELF_TIMED.update({"decs", "math_verify"})  # math-verify runs its own SIGALRM timers; deepscaler runs under reward.timeout_s
 VERIFIERS.add("deepscaler", deepscaler)
 VERIFIERS.add("decs", decs)
 VERIFIERS.add("math_verify", math_verify_grader)
+VERIFIERS.add("reasoning_gym", reasoning_gym)
+VERIFIERS.add("reasoning_gym_number", reasoning_gym_number)

@@ -7,6 +7,7 @@ A user function named ``"module:function"`` (or ``"file.py:function"``) in ``rew
 convention  signature                                                recognised by
 =========== ======================================================== ===========================================
 verifier    ``fn(completion, answer) -> bool``                       (Laconic's own, as a verifier)
+            ``fn(completion, answer, meta) -> bool``                 a parameter ``meta``: the row's other fields
 term        ``fn(inp: RewardInput, cfg: RewardConfig) -> [B]``       (Laconic's own, as a term)
 verl        ``compute_score(data_source, solution_str, ground_truth, parameters ``solution_str`` and
             extra_info=None) -> float | {"score": float, ...}``      ``ground_truth``
@@ -36,7 +37,8 @@ from rewards.types import RewardInput
 
 
 def convention(fn: Callable) -> str:
-    """"verl", "trl" or "laconic" (the function's parameter names; module docstring)."""
+    """"verl", "trl", "laconic_meta" (a verifier reading the row) or "laconic" (the function's parameter names;
+    module docstring)."""
     try:
         names = set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):  # a builtin or C callable: Laconic's own convention
@@ -45,6 +47,8 @@ def convention(fn: Callable) -> str:
         return "verl"
     if "completions" in names:
         return "trl"
+    if "meta" in names:
+        return "laconic_meta"
     return "laconic"
 
 
@@ -82,6 +86,8 @@ def as_verifier(fn: Callable, data_source: str = "laconic") -> Callable[[str, ob
             (v,) = _trl_call(fn, [text], [{**meta, "answer": answer}])
             return v is not None and float(v) > 0
         return trl_verdict
+    if kind == "laconic_meta":
+        return fn
     return lambda text, answer, meta: fn(text, answer)
 
 

@@ -34,7 +34,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "tiny-base"  # HF model folder, or "tiny-base" = the embedded base model (built and cached on demand)
+    path: str = "tiny-base"  # HF model folder; "tiny-base" = the embedded base model, "smollm2-135m-instruct" = the real one (both built and cached on demand)
     dtype: str = "float32"  # trainer dtype: float32 | bfloat16 | float16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     ref_path: str = ""  # frozen reference model for the KL term; "" = the initial policy (model.path)
@@ -81,7 +81,9 @@ class LengthTargetConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "arith"  # embedded task name in recipes.tasks.TASKS (used when train_file is empty)
+    task: str = "arith"  # embedded task in recipes.tasks.TASKS, or rg:NAME (a reasoning-gym task); used without train_file
+    rg_config: dict = field(default_factory=dict)  # rg:NAME: the task's generator options (reasoning-gym's config fields)
+    eval_task: str = ""  # held-out set instead of the task's own split: gsm8k (100 GSM8K test problems) | rg:NAME
     seed: int = 0  # seed of the task's problem generator
     n_train: int = 4000  # training problems generated for the embedded task
     n_eval: int = 256  # held-out problems generated for the embedded task
@@ -91,6 +93,7 @@ class DataConfig:
     length_target: LengthTargetConfig = field(default_factory=LengthTargetConfig)  # LCPO targets in the prompts
     prompt_template: str = "{prompt}"  # the user message; {prompt} = the row's prompt (with its length target, if any)
     chat_template: bool = False  # wrap the message with the tokenizer's chat template, assistant turn opened
+    system_prompt: str = ""  # with chat_template: a system turn before the user message ("" = the template's default)
 
 
 @dataclass

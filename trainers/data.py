@@ -16,7 +16,7 @@ from rollout.types import Prompt
 def to_prompts(rows: list[dict], tokenizer, data_cfg=None) -> list[Prompt]:
     """Tokenize rows once; ``meta`` carries everything but the prompt text. With ``data_cfg`` (``DataConfig``) the
     text is ``data.prompt_template`` filled with the row's prompt and, when ``data.chat_template`` is on, wrapped as
-    one user turn by the tokenizer's chat template with the assistant turn opened (real reasoning models)."""
+    one user turn (after ``data.system_prompt``'s system turn, when set) by the tokenizer's chat template with the assistant turn opened (real reasoning models)."""
     template = data_cfg.prompt_template if data_cfg is not None else "{prompt}"
     chat = bool(data_cfg is not None and data_cfg.chat_template)
     if chat and not getattr(tokenizer, "chat_template", None):
@@ -28,7 +28,8 @@ def to_prompts(rows: list[dict], tokenizer, data_cfg=None) -> list[Prompt]:
                 raise ValueError(f"data row {i} has no {key!r} field (fields: {sorted(row)})")
         text = template.replace("{prompt}", row["prompt"])  # not str.format: templates may hold "\\boxed{}"
         if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+            turns = [{"role": "system", "content": data_cfg.system_prompt}] if data_cfg.system_prompt else []
+            text = tokenizer.apply_chat_template(turns + [{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         out.append(Prompt(uid=str(row["uid"]), token_ids=ids, meta={k: v for k, v in row.items() if k != "prompt"}))

