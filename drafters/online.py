@@ -40,6 +40,7 @@ class OnlineDrafter:
         self._loss_kw = {"depth": depth, "chains": cfg.train_chains} if cfg.method == "eagle" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.embed, self.lm_head = embed.detach(), lm_head.detach()
+        self.token_counts = torch.zeros(lm_head.shape[0], dtype=torch.long)  # tokens of every row added (train_vocab)
         self.window: deque[list[tuple]] = deque(maxlen=cfg.replay_steps)  # per RL step: rows (ids, hidden, target)
         self.rng = random.Random(seed)
         self.version = 0
@@ -71,6 +72,8 @@ class OnlineDrafter:
             if not bool(batch.target[i, :n].any()):
                 continue
             row = (batch.token_ids[i, :n].cpu(), batch.hidden_states[i, :n].detach().cpu(), batch.target[i, :n].cpu())
+            self.token_counts += torch.bincount(row[0].clamp(0, len(self.token_counts) - 1),
+                                                minlength=len(self.token_counts))
             if len(slot) < self.cfg.max_rows_per_step:
                 slot.append(row)
             else:
@@ -95,15 +98,25 @@ class OnlineDrafter:
         return DrafterBatch(ids.to(dev), hid.to(dev), valid.to(dev), target.to(dev))
 
     # ------------------------------------------------------------------ training
+    def distill_head(self) -> torch.Tensor:
+        """The LM-head rows the loss distils over: all of them, or with ``drafter.train_vocab`` = N the N most used
+        tokens of the rows added so far (rows [N,H], ordered by token id; all rows while none has been added)."""
+        n = self.cfg.train_vocab
+        if not n or n >= self.lm_head.shape[0] or not bool(self.token_counts.any()):
+            return self.lm_head
+        keep = torch.topk(self.token_counts, n).indices.sort().values.to(self.lm_head.device)
+        return self.lm_head.index_select(0, keep)
+
     def train(self, budget_s: float, max_steps: int, should_stop: Callable[[], bool] | None = None) -> DrafterStats:
         """Optimizer steps until ``budget_s`` seconds or ``max_steps`` steps or ``should_stop()``; returns stats."""
         t0 = time.perf_counter()
         self.model.train()
         steps, tokens, agree, loss_sum = 0, 0, 0, 0.0
+        head = self.distill_head()
         while self.rows() and steps < max_steps and time.perf_counter() - t0 < budget_s:
             if should_stop is not None and should_stop():
                 break
-            loss, a, n = self.model.loss(self._minibatch(), self.embed, self.lm_head, self.temperature,
+            loss, a, n = self.model.loss(self._minibatch(), self.embed, head, self.temperature,
                                          self.cfg.cls_weight, self.cfg.reg_weight, **self._loss_kw)
             if n == 0:
                 break
@@ -123,7 +136,7 @@ class OnlineDrafter:
         """Loss and top-1 agreement on a batch, without training."""
         self.model.eval()
         t0 = time.perf_counter()
-        loss, a, n = self.model.loss(batch, self.embed, self.lm_head, self.temperature, self.cfg.cls_weight,
+        loss, a, n = self.model.loss(batch, self.embed, self.distill_head(), self.temperature, self.cfg.cls_weight,
                                      self.cfg.reg_weight, **self._loss_kw)
         return DrafterStats(loss=float(loss), top1_agreement=int(a) / max(n, 1), train_s=time.perf_counter() - t0,
                             steps=0, tokens=n)
@@ -145,10 +158,12 @@ class OnlineDrafter:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "version": self.version,
-                "total_steps": self.total_steps, "rng": self.rng.getstate()}
+                "total_steps": self.total_steps, "rng": self.rng.getstate(), "token_counts": self.token_counts.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.version, self.total_steps = int(state["version"]), int(state["total_steps"])
         self.rng.setstate(state["rng"])
+        if "token_counts" in state:  # checkpoints written before drafter.train_vocab existed have none
+            self.token_counts = state["token_counts"].clone()

@@ -206,3 +206,34 @@ def test_eagle_checkpoint_round_trips_in_vllm_layout(tmp_path):
 def test_sizes_reject_unsupported_rope():
     with pytest.raises(ValueError, match="plain RoPE"):
         llama_sizes(CFG | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+
+
+def test_train_vocab_distils_over_the_most_used_tokens():
+    """drafter.train_vocab=N: the loss sees the LM-head rows of the N tokens the added rows use most, in id order;
+    training on them teaches the head; the counts survive a resume."""
+    batch, emb, head = _fixed_batch()
+    ids = batch.token_ids.clone()
+    ids[ids >= 12] = ids[ids >= 12] % 12  # only tokens 0..11 occur, 3 and 7 most
+    ids[:, ::3] = 3
+    ids[:, 1::5] = 7
+    batch = DrafterBatch(ids, batch.hidden_states, batch.valid, batch.target)
+    d = OnlineDrafter(DrafterConfig(lr=3e-3, batch_rows=16, train_vocab=8), CFG, emb, head, temperature=1.0)
+    assert d.distill_head().shape == head.shape  # nothing counted yet: every row of the head
+    d.add(batch)
+    counts = torch.bincount(ids.flatten(), minlength=40)
+    expect = torch.topk(counts, 8).indices.sort().values
+    assert torch.equal(d.distill_head(), head[expect]) and {3, 7} <= set(expect.tolist())
+    before = d.evaluate(batch)  # over the 8 kept tokens
+    d.train(budget_s=1e9, max_steps=150)
+    after = d.evaluate(batch)
+    assert after.loss < 0.5 * before.loss and after.top1_agreement > max(0.8, before.top1_agreement + 0.2)
+    fresh = OnlineDrafter(DrafterConfig(lr=3e-3, batch_rows=16, train_vocab=8), CFG, emb, head, temperature=1.0)
+    fresh.load_state_dict(d.state_dict())
+    assert torch.equal(fresh.distill_head(), d.distill_head())
+
+
+def test_train_vocab_needs_the_eagle_head():
+    from drafters.config import validate
+
+    with pytest.raises(ValueError, match="drafter.train_vocab=8 needs drafter.method=eagle"):
+        validate(DrafterConfig(method="draft_model", train_vocab=8), 512)
