@@ -9,6 +9,9 @@ shows held-out accuracy and mean tokens before -> after, the length reduction, t
 length adherence (mean |n - N| / N on held-out targets), and each run's wall time. ``--reuse`` reads run folders a
 previous invocation left in ``--workdir`` instead of training again.
 
+``--recipes smol_dler`` runs the real-model recipe (SmolLM2-135M-Instruct on reasoning-gym's basic_arithmetic; about
+25 minutes on 2 cores) the same way; it is not in the default list.
+
 Every recipe starts from the same base build, except ``tiny_lcpo``: LCPO needs a model that reads a length
 instruction at all, so it starts from that build with the instruction on half of its SFT prompts (and 4500 instead
 of 3000 SFT steps; see ``recipes/tiny_lcpo.yaml``); its "before" columns are that model's.

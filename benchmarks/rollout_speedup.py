@@ -3,9 +3,10 @@
     python benchmarks/rollout_speedup.py [--run RUN_FOLDER] [--prompts 64] [--batch-sizes 1,4,16,64] [--compiled]
                                          [--json PATH]
 
-One policy checkpoint (``--run``: the run's exported policy and its drafter; default: the embedded base model and a
-drafter with the flagship's (``tiny_dler``) settings warm-started on its own rollouts exactly as the trainer does
-before RL step 1), the same held-out prompts, temperature 1, per-request seeds. For every batch size b the prompts
+One policy checkpoint (``--run``: the run's exported policy and its drafter, on the run's own held-out prompts, in its
+chat template for a real model such as ``smol_dler``'s; default: the embedded base model and a drafter with the
+flagship's (``tiny_dler``) settings warm-started on its own rollouts exactly as the trainer does before RL step 1),
+the same held-out prompts, temperature 1 (``--temperature``), per-request seeds. For every batch size b the prompts
 are generated in consecutive calls of b prompts (repeated with fresh seeds until there are ``--min-calls`` calls: a
 large-batch call lasts as long as its longest completion, so one call is one noisy sample), alternating call by
 call between an engine without speculation and one with the drafter (adaptive K per batch size, the trainer's
@@ -36,11 +37,12 @@ sys.path.insert(0, str(ROOT))  # the rooms, when run as `python benchmarks/rollo
 
 
 def _load(args):
-    """-> (policy folder, drafter export or None to warm one, prompts)."""
+    """-> (policy folder, drafter export or None to warm one, held-out rows, the run's config or None)."""
     from recipes.tasks import arith
 
     from drafters.types import DrafterExport
 
+    run_cfg = None
     if args.run:
         run = Path(args.run)
         model, drafter_dir = run / "export", run / "export" / "drafter"
@@ -49,12 +51,20 @@ def _load(args):
         dcfg = json.loads((drafter_dir / "config.json").read_text())
         k = args.k or dcfg.get("laconic_num_speculative_tokens", 4)
         drafter = DrafterExport(dcfg.get("laconic_drafter", "eagle"), k, str(drafter_dir), 1)
+        from recipes.loader import load
+
+        run_cfg = load(str(run / "config.yaml"), [])[0]
+        if run_cfg.data.task != "arith" or run_cfg.data.eval_task or run_cfg.data.eval_file:
+            from recipes.tasks.data import load_task
+
+            rows = load_task(replace(run_cfg.data, n_eval=max(args.prompts, run_cfg.data.n_eval))).eval
+            return str(model), drafter, rows[:args.prompts], run_cfg
     else:
         from recipes.tasks.base_model import ensure_base_model
 
         model, drafter = ensure_base_model(), None
     _, held_out = arith.make_splits(args.seed, 16, args.prompts)
-    return str(model), drafter, held_out
+    return str(model), drafter, held_out, run_cfg
 
 
 def _warm_drafter(model_dir: str, engine, prompts, args):
@@ -74,7 +84,7 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
                    max_rows_per_step=512,
                    train_depth=args.train_depth or flagship.train_depth)
     drafter = OnlineDrafter(dcfg, cfg, model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
-    batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed))
+    batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed))
     t0 = time.perf_counter()
     stats = fit_on_rollouts(drafter, model, batch, steps=args.warm_steps)
     print(f"drafter warm start: {len(prompts)} prompts x 8, {stats.steps} steps in {time.perf_counter() - t0:.0f} s, "
@@ -91,7 +101,7 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     passes = max(1, -(-min_calls * b // len(prompts)))  # every prompt once per pass, a fresh seed each pass
     for p, s in itertools.product(range(passes), range(0, len(prompts), b)):
         chunk = prompts[s:s + b]
-        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed * 1000 + s + 10**6 * p)
+        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed * 1000 + s + 10**6 * p)
         for name, eng in (("plain", plain), ("spec", spec)):
             t0 = time.perf_counter()
             out = eng.generate(chunk, sample)
@@ -121,7 +131,7 @@ def _calibrate(spec, prompts, b: int, args, max_passes: int = 4) -> int:
     for p, s in itertools.product(range(max_passes), range(0, len(prompts), b)):
         if calls and spec.controller.settled(b):
             break
-        spec.generate(prompts[s:s + b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0,
+        spec.generate(prompts[s:s + b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
                                                       seed=args.seed * 1000 + s + 10**6 * (p + 100)))
         calls += 1
     return calls
@@ -133,7 +143,7 @@ def _warm(plain, prompts, b: int, args) -> None:
     would otherwise land in the first batch size's plain time and inflate that ratio."""
     from rollout.types import SamplingSpec
 
-    plain.generate(prompts[:b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=1.0,
+    plain.generate(prompts[:b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
                                              seed=args.seed * 1000 + 10**6 * 99))
 
 
@@ -157,6 +167,9 @@ def main() -> None:
     ap.add_argument("--train-depth", type=int, default=0,
                     help="drafter.train_depth of the warm-started drafter (0 = the flagship's; 1 = teacher-forced only)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature-from-run", action="store_true",
+                    help="with --run: sample at the run's rollout.temperature instead of --temperature")
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--compiled", action="store_true",
                     help="both engines with rollout.enforce_eager=false (torch.compile) instead of the eager default")
@@ -169,11 +182,19 @@ def main() -> None:
     from rollout.types import Prompt
     from rollout.vllm_engine import VLLMEngine
 
-    model_dir, drafter, rows = _load(args)
+    model_dir, drafter, rows, run_cfg = _load(args)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [Prompt(r["uid"], tok(r["prompt"], add_special_tokens=False)["input_ids"], {"answer": r["answer"]})
-               for r in rows]
-    rc = RolloutConfig(max_tokens=args.max_tokens, max_model_len=512, kv_cache_memory_bytes=128 * 2**20,
+    if run_cfg is not None and run_cfg.data.chat_template:  # a real model's run: its prompts as it trained on them
+        from trainers.data import to_prompts
+
+        prompts = to_prompts(rows, tok, run_cfg.data)
+    else:
+        prompts = [Prompt(r["uid"], tok(r["prompt"], add_special_tokens=False)["input_ids"], {"answer": r["answer"]})
+                   for r in rows]
+    if run_cfg is not None and args.temperature_from_run:
+        args.temperature = run_cfg.rollout.temperature
+    max_len = max(512, max(len(p.token_ids) for p in prompts) + args.max_tokens + 8)
+    rc = RolloutConfig(max_tokens=args.max_tokens, max_model_len=max_len, kv_cache_memory_bytes=256 * 2**20,
                        enforce_eager=not args.compiled)
     plain = VLLMEngine(model_dir, rc, seed=args.seed)
     if drafter is None:
@@ -186,7 +207,7 @@ def main() -> None:
         _warm(plain, prompts, b, args)
         rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
-          f"{len(prompts)} prompts, T=1, max {args.max_tokens} tokens, "
+          f"{len(prompts)} prompts, T={args.temperature:g}, max {args.max_tokens} tokens, "
           f"{'compiled' if args.compiled else 'eager'} engines")
     print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
           f"{'K':>3} {'calib':>5}  acceptance per draft position")

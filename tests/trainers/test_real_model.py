@@ -25,10 +25,11 @@ def test_two_rl_steps_on_the_real_model_export_and_serve(tmp_path, launch):
     assert metrics[0]["train/grad_norm"] > 0 and metrics[1]["train/sampler_kl"] < 1e-4
     assert abs(metrics[1]["train/mismatch_ratio"] - 1.0) < 1e-2
     # the drafter trained online and was hot-swapped into the live engine, which speculated with it
-    assert metrics[1]["drafter/version"] > metrics[0]["drafter/version"] - 1 >= 0
-    assert sum(m["spec/drafts"] for m in metrics) > 0
+    assert metrics[1]["drafter/version"] > metrics[0]["drafter/version"] >= 1  # a new version each step
+    assert metrics[1]["spec/drafts"] > 0  # step 2 speculated with the version step 1 swapped in
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["drafter"]["version"] >= 2 and summary["before"]["eval/n"] == summary["after"]["eval/n"] == 8
+    assert summary["drafter"]["version"] > metrics[1]["drafter/version"]  # the final fit's, exported
+    assert [e["eval/n"] for e in _jsonl(out / "eval.jsonl")] == [8, 8]
 
     export = out / "export"
     cfg = json.loads((export / "config.json").read_text())
@@ -51,7 +52,7 @@ if __name__ == "__main__":
     greedy = SamplingParams(temperature=0.0, max_tokens=24)
     kw = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 28, max_model_len=512)
     spec = LLM({str(export)!r}, speculative_config={{"method": "eagle", "model": {str(drafter)!r},
-               "num_speculative_tokens": 4}}, **kw)
+               "num_speculative_tokens": 4}}, disable_log_stats=False, **kw)
     a = [o.outputs[0].token_ids for o in spec.generate(prompts, greedy, use_tqdm=False)]
     m = spec.get_metrics()
     drafts = sum(x.value for x in m if x.name == "vllm:spec_decode_num_drafts")
