@@ -46,8 +46,8 @@ def resolve_model(cfg) -> str:
         return str(smollm2.ensure_smollm2())
     if cfg.model.path != "tiny-base":
         if not os.path.isdir(cfg.model.path):
-            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a folder (an HF model folder, 'tiny-base' or "
-                                    f"'smollm2-135m-instruct')")
+            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a folder (an HF model folder, 'tiny-base' "
+                                    f"or 'smollm2-135m-instruct')")
         if not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise FileNotFoundError(f"model.path={cfg.model.path!r} has no config.json: not an HF model folder")
         return cfg.model.path

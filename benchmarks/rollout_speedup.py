@@ -84,7 +84,8 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
                    max_rows_per_step=512,
                    train_depth=args.train_depth or flagship.train_depth)
     drafter = OnlineDrafter(dcfg, cfg, model.get_input_embeddings().weight, model.get_output_embeddings().weight, 1.0)
-    batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed))
+    batch = engine.generate(prompts, SamplingSpec(n=8, max_tokens=args.max_tokens, temperature=args.temperature,
+                                                  seed=args.seed))
     t0 = time.perf_counter()
     stats = fit_on_rollouts(drafter, model, batch, steps=args.warm_steps)
     print(f"drafter warm start: {len(prompts)} prompts x 8, {stats.steps} steps in {time.perf_counter() - t0:.0f} s, "
@@ -101,7 +102,8 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     passes = max(1, -(-min_calls * b // len(prompts)))  # every prompt once per pass, a fresh seed each pass
     for p, s in itertools.product(range(passes), range(0, len(prompts), b)):
         chunk = prompts[s:s + b]
-        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed * 1000 + s + 10**6 * p)
+        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
+                              seed=args.seed * 1000 + s + 10**6 * p)
         for name, eng in (("plain", plain), ("spec", spec)):
             t0 = time.perf_counter()
             out = eng.generate(chunk, sample)

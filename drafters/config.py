@@ -23,10 +23,19 @@ class DrafterConfig:
     replay_steps: int = 2  # RL steps of rollouts kept in the replay window
     max_rows_per_step: int = 256  # rollout rows of one RL step added to the replay window (a random subset)
     budget_s: float = 2.0  # one rank: wall-clock budget of drafter training per RL step (not with background)
+    # one rank, phase 8: "always" trains every step; "drift" only when the rollouts' acceptance fell below
+    # (1 - drift_tolerance) x its level right after the drafter last changed, or no speculation ran (drafters/trigger.py)
+    train_when: str = "always"
+    drift_tolerance: float = 0.1
     # one rank: train in a separate nice-19 process while the step runs (on the core the rollout leaves idle) instead
     # of for budget_s after the update; up to max_steps_per_update steps per RL step (drafters/background.py)
     background: bool = False
     max_steps_per_update: int = 50  # cap on optimizer steps per RL step (idle windows included)
+    # where the drafter starts: "" = trained from scratch by the warm start; "cache" = the warm-started drafter cached
+    # for this base model, data and drafter settings (built by the first run that asks, reused by every later one: the
+    # warm start's cost is paid once); a folder = that drafter checkpoint (a Laconic export or an EAGLE-1 head in
+    # vLLM's layout), no warm start
+    init: str = ""
     warmup_steps: int = 300  # optimizer steps of the warm start on the base model's rollouts before RL step 1
     # optimizer steps after the last RL step on the replay window (the last steps' rollouts, no new ones), before the
     # final evaluation, checkpoint and export: the exported drafter is fitted to the final policy (0 = none)
@@ -56,10 +65,20 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
     from laconic.registry import one_of
 
     one_of("drafter.method", cfg.method, ("eagle", "draft_model"))
+    one_of("drafter.train_when", cfg.train_when, ("always", "drift"))
+    if not 0 < cfg.drift_tolerance < 1:
+        raise ValueError(f"drafter.drift_tolerance={cfg.drift_tolerance} must lie in (0, 1)")
     for name in ("num_speculative_tokens", "batch_rows", "replay_steps", "max_rows_per_step", "max_steps_per_update",
                  "train_depth", "train_chains"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"drafter.{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.init not in ("", "cache"):
+        from pathlib import Path
+
+        folder = Path(cfg.init)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ValueError(f"drafter.init={cfg.init!r} must be '', 'cache' or a drafter checkpoint folder "
+                             f"(config.json + model.safetensors)")
     if cfg.train_vocab < 0:
         raise ValueError(f"drafter.train_vocab={cfg.train_vocab} must be >= 0 (0 = the whole vocabulary)")
     if cfg.train_vocab and cfg.method != "eagle":

@@ -10,6 +10,7 @@ Speculative sampling is lossless, so nothing the drafter does changes what the p
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import deque
@@ -22,6 +23,43 @@ from drafters.config import DrafterConfig
 from drafters.draft_lm import DraftLM
 from drafters.eagle import EagleHead, llama_sizes
 from drafters.types import DrafterBatch, DrafterExport, DrafterStats
+
+
+_SIZE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+              "vocab_size")
+
+
+def read_weights(folder: str | Path, policy_config: dict, method: str) -> dict:
+    """The weights of a drafter checkpoint (``drafter.init``: a Laconic export, or an EAGLE-1 head in vLLM's layout
+    such as a published one), checked against the policy before anything uses them: the folder holds
+    ``config.json`` + ``model.safetensors``, the method matches, the sizes are the policy's and the tensors are the
+    ones the head has. Raises ValueError naming the folder and what differs."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise ValueError(f"drafter.init={str(folder)!r} is not a drafter checkpoint (needs config.json and "
+                         f"model.safetensors)")
+    cfg = json.loads(cfg_path.read_text())
+    kind = cfg.get("laconic_drafter", "eagle")
+    if kind != method:
+        raise ValueError(f"drafter.init={str(folder)!r} is a {kind!r} drafter; this run's drafter.method is {method!r}")
+    mine, theirs = llama_sizes(policy_config), llama_sizes(cfg)
+    differ = {k: (theirs[k], mine[k]) for k in _SIZE_KEYS if theirs[k] != mine[k]}
+    if differ:
+        raise ValueError(f"drafter.init={str(folder)!r} was made for another model: (its, the policy's) {differ}")
+    state = load_file(str(weights))
+    expected = EagleHead(mine).state_dict() if method == "eagle" else None
+    if expected is not None:
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        want = {k: tuple(v.shape) for k, v in expected.items()}
+        if shapes != want:
+            missing, extra = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+            wrong = sorted(k for k in set(want) & set(shapes) if want[k] != shapes[k])
+            raise ValueError(f"drafter.init={str(folder)!r}: {weights.name} does not hold an EAGLE head for this "
+                             f"policy (missing {missing[:4]}, unexpected {extra[:4]}, wrong shape {wrong[:4]})")
+    return state
 
 
 class OnlineDrafter:

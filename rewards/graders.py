@@ -403,7 +403,8 @@ def reasoning_gym_number(completion: str, answer: str, meta: dict) -> bool:
     return float(get_score_answer_fn(entry["metadata"]["source_dataset"])(numbers[-1], entry)) >= 1.0
 
 
-SELF_TIMED.update({"decs", "math_verify"})  # math-verify runs its own SIGALRM timers; deepscaler runs under reward.timeout_s
+# math-verify runs its own SIGALRM timers; deepscaler runs under reward.timeout_s
+SELF_TIMED.update({"decs", "math_verify"})
 VERIFIERS.add("deepscaler", deepscaler)
 VERIFIERS.add("decs", decs)
 VERIFIERS.add("math_verify", math_verify_grader)

@@ -3,6 +3,8 @@ rollouts and hot-swapped into vLLM.
 
 - **Warm start** (:meth:`DrafterPhase.warm_start`, before RL step 1): the drafter learns from base-model rollouts
   of a few training prompts (outside the prompt stream, so the RL data order is the same with and without a drafter).
+  None with ``drafter.init``: a checkpoint folder, or ``cache`` -- the warm-started drafter the first run with this
+  base model, data and drafter settings published under ``$LACONIC_CACHE/drafters/`` (:func:`drafter_cache_dir`).
 - **Phase 2, idle window** (:meth:`DrafterPhase.idle_train`): with several ranks, a rank whose share of the rollout
   is done posts an asynchronous all-reduce and trains the drafter on earlier steps' rows until every rank has joined
   it (the last rank to finish joins at once and does not train). With one rank there is no idle window.
@@ -30,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from drafters.online import OnlineDrafter
+from drafters.trigger import DriftTrigger
 from drafters.types import DrafterBatch, DrafterStats
 from rollout.types import Prompt, SamplingSpec, SpecStats
 from trainers.backend import distributed
@@ -60,10 +63,33 @@ class DrafterPhase:
             self.drafter = BackgroundDrafter(self.cfg, config, embed, head, temperature, self.seed)
         else:
             self.drafter = OnlineDrafter(self.cfg, config, embed, head, temperature, self.seed)
-        self.export = self.drafter.export(self.folder / "v0")  # untrained: the engine is built with it
+        self.init_from, self.cache_dir = self._initialise(cfg, policy_path, config)
+        self.trigger = DriftTrigger(self.cfg.drift_tolerance) if self.cfg.train_when == "drift" else None
+        self.export = self.drafter.export(self.folder / "v0")  # the engine is built with it
         self._idle = DrafterStats(0.0, 0.0, 0.0)
         self.warmup_stats: dict = {}
         self.final_stats: dict = {}
+
+    def _initialise(self, cfg: Config, policy_path: str, policy_config: dict) -> tuple[str, Path | None]:
+        """``drafter.init``: load a checkpoint (a folder, or the cache when every rank finds it complete) into the
+        fresh drafter. -> (where the weights came from, "" = nowhere yet; the cache folder when ``init=cache``)."""
+        from drafters.online import read_weights
+
+        init, cache = self.cfg.init, None
+        if init == "cache":
+            cache = drafter_cache_dir(cfg, policy_path, self.world_size)
+            found = (cache / "COMPLETE").is_file()
+            if self.world_size > 1:  # one decision for all ranks: each warms up, or none does
+                found = int(distributed.all_sum(torch.tensor([int(found)]))[0]) == self.world_size
+            if not found:
+                return "", cache
+            init = str(cache)
+        if not init:
+            return "", None
+        state = self.drafter.state_dict()
+        state["model"] = read_weights(init, policy_config, self.cfg.method)
+        self.drafter.load_state_dict(state)  # the weights only: optimizer state and version start fresh
+        return init, cache
 
     def policy_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's current input embedding and LM head weights (gathered under ZeRO-3), detached copies."""
@@ -80,6 +106,9 @@ class DrafterPhase:
         capped at ``drafter.warmup_max_tokens`` (default: as the RL rollouts), ``rollout.n`` each but no more rows
         than the replay slot keeps -> trainer features -> ``warmup_steps`` drafter steps -> hot swap."""
         c, r = self.cfg, self.rollout_cfg
+        if self.init_from:  # drafter.init: the engine already speculates with those weights
+            self.warmup_stats = {"drafter/warmup_s": 0.0, "drafter/warmup_steps": 0}
+            return self.warmup_stats
         prompts = self._prompts(c.warmup_prompts)
         n = min(r.n, -(-c.max_rows_per_step // len(prompts)))  # the replay slot keeps max_rows_per_step rows anyway
         spec = SamplingSpec(n=n, max_tokens=c.warmup_max_tokens or r.max_tokens, temperature=r.temperature,
@@ -92,6 +121,8 @@ class DrafterPhase:
         if self.world_size > 1:  # each rank warmed up on its own prompts
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
+        if self.cache_dir is not None and self.rank == 0:
+            save_to_cache(self.export.path, self.cache_dir, stats)
         self.warmup_stats = {"drafter/warmup_s": time.perf_counter() - t0, "drafter/warmup_rollout_s": t1 - t0,
                              "drafter/warmup_features_s": t2 - t1, "drafter/warmup_train_s": stats.train_s,
                              "drafter/warmup_loss": stats.loss, "drafter/warmup_top1": stats.top1_agreement,
@@ -122,9 +153,10 @@ class DrafterPhase:
             self._idle = self._idle.plus(st)
         work.wait()
 
-    def step(self, engine, rows: list[DrafterBatch]) -> dict:
+    def step(self, engine, rows: list[DrafterBatch], spec: SpecStats | None = None) -> dict:
         """Phase 8: the step's ``rows`` enter the replay window; one rank: the bounded training budget (background:
-        collect what the worker trained meanwhile); several ranks: combine the idle-window updates. Then swap."""
+        collect what the worker trained meanwhile; ``drafter.train_when=drift``: only when ``spec``, the step's
+        rollout counters, shows drift); several ranks: combine the idle-window updates. Then swap."""
         t0 = time.perf_counter()
         for b in rows:
             self.drafter.add(b)
@@ -135,12 +167,14 @@ class DrafterPhase:
             engine.load_drafter(self.export)
             return self._after(stats, t0)
         if self.world_size == 1:
+            if self.trigger is not None and not self.trigger.should_train((spec or SpecStats()).mean_accept_len):
+                return self._after(DrafterStats(0.0, 0.0, 0.0), t0) | {"drafter/trained": 0.0}
             self.drafter.set_policy_tensors(*self.policy_tensors())
             stats = self.drafter.train(budget_s=self.cfg.budget_s, max_steps=self.cfg.max_steps_per_update)
         else:
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        return self._after(stats, t0)
+        return self._after(stats, t0) | {"drafter/trained": 1.0}
 
     # ------------------------------------------------------------------ after the last RL step
     def final_fit(self, engine) -> dict:
@@ -182,7 +216,8 @@ class DrafterPhase:
         and final fit's statistics, then the end-of-run speedup measured in the run's engine (after the estimates are
         read: these calls count in the engine's totals)."""
         c, r = self.cfg, self.rollout_cfg
-        out = {"method": c.method, "version": self.drafter.version, "lossless": engine.lossless,
+        out = {"method": c.method, "version": self.drafter.version, "init": self.init_from or "warm start",
+               "lossless": engine.lossless,
                "sampling": engine.spec_sampling, "mean_accept_len": engine.spec_total().mean_accept_len,
                "train_accept_len": train_accept_len(step_metrics),
                "speedup_by_batch": engine.controller.speedups()} | self.warmup_stats | self.final_stats
@@ -234,9 +269,14 @@ class DrafterPhase:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return self.drafter.state_dict()
+        state = self.drafter.state_dict()
+        if self.trigger is not None:
+            state["drift_reference"] = self.trigger.reference
+        return state
 
     def load_state_dict(self, state: dict, engine) -> None:
+        if self.trigger is not None:
+            self.trigger.reference = state.get("drift_reference")
         self.drafter.load_state_dict(state)
         self._swap(engine)
 
@@ -244,6 +284,55 @@ class DrafterPhase:
         """Stop the background drafter's process (nothing to do for the others)."""
         if self.cfg.background:
             self.drafter.close()
+
+
+# the settings that decide what the warm start trains: a cached drafter is reused only when all of them match
+_WARM_KEYS = {"drafter": ("method", "num_speculative_tokens", "lr", "cls_weight", "train_depth", "train_chains",
+                          "reg_weight", "batch_rows", "max_rows_per_step", "train_vocab", "warmup_steps",
+                          "warmup_prompts", "warmup_max_tokens", "draft_layers", "draft_hidden"),
+              "rollout": ("n", "max_tokens", "temperature", "top_p"),
+              "data": ("task", "seed", "rg_config", "n_train", "train_file", "train_rows", "prompt_template",
+                       "chat_template", "system_prompt"),
+              "run": ("seed",)}
+
+
+def drafter_cache_dir(cfg: Config, policy_path: str, world_size: int) -> Path:
+    """``$LACONIC_CACHE/drafters/<base model folder>-<key>``: the key hashes the base model (its folder, config and
+    weights' size and time) and every setting the warm start depends on (:data:`_WARM_KEYS`, the rank count)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from recipes.tasks.cache import cache_root
+
+    policy = Path(policy_path).resolve()
+    weights = policy / "model.safetensors"
+    ident = {"policy": str(policy), "config": (policy / "config.json").read_text(), "ranks": world_size,
+             "weights": [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.exists() else None}
+    for section, keys in _WARM_KEYS.items():
+        values = asdict(getattr(cfg, section))
+        ident[section] = {k: values[k] for k in keys}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_root() / "drafters" / f"{policy.name}-{key}"
+
+
+def save_to_cache(export_dir: str, cache: Path, stats: DrafterStats) -> None:
+    """Publish the warm-started drafter at ``cache`` atomically (a copy, then a rename; ``COMPLETE`` last)."""
+    import os
+    import shutil
+
+    from recipes.tasks.cache import build_lock
+
+    with build_lock("drafter"):
+        if (cache / "COMPLETE").is_file():
+            return
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(export_dir, tmp)
+        (tmp / "warm_start.json").write_text(json.dumps({"steps": stats.steps, "loss": stats.loss,
+                                                         "top1": stats.top1_agreement, "train_s": stats.train_s}))
+        (tmp / "COMPLETE").write_text("")
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(tmp, cache)
 
 
 @torch.no_grad()

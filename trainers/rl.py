@@ -137,7 +137,8 @@ class Trainer:
             drafter_stats = {}
             if drafter is not None:
                 with timers("drafter"):
-                    drafter_stats = drafter.step(self.rollout, fwd.features or upd.features or [])  # 8 drafter
+                    drafter_stats = drafter.step(self.rollout, fwd.features or upd.features or [],
+                                                 sample.spec)  # 8 drafter
         return self.log_phase(step, sample, upd.sums, timers, drafter_stats)  # 9 log
 
     def advantage_phase(self, batch: RolloutBatch, rewards: RewardOutput,

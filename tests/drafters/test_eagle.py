@@ -1,6 +1,7 @@
 """The EAGLE head and the standalone draft LM in plain torch: Llama semantics exactly (so vLLM runs what we train),
 vLLM's pairing of tokens and hidden states (no off-by-one), learning on a fixed batch, and the checkpoint layout."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,33 @@ def test_train_vocab_needs_the_eagle_head():
 
     with pytest.raises(ValueError, match="drafter.train_vocab=8 needs drafter.method=eagle"):
         validate(DrafterConfig(method="draft_model", train_vocab=8), 512)
+
+
+def test_init_checkpoint_is_checked_against_the_policy(tmp_path):
+    """drafter.init reads a drafter export back as it was written, and refuses one made for another model, another
+    method or a folder that is not a checkpoint, naming the folder."""
+    from drafters.online import read_weights
+
+    batch, emb, head = _fixed_batch()
+    d = OnlineDrafter(DrafterConfig(), CFG, emb, head, temperature=1.0)
+    d.add(batch)
+    d.train(budget_s=1e9, max_steps=3)
+    out = Path(d.export(tmp_path / "d").path)
+    state = read_weights(out, CFG, "eagle")
+    assert all(torch.equal(state[k], v) for k, v in d.model.state_dict().items())
+    with pytest.raises(ValueError, match="made for another model.*hidden_size"):
+        read_weights(out, CFG | {"hidden_size": 128, "head_dim": 64}, "eagle")
+    with pytest.raises(ValueError, match="is a 'eagle' drafter; this run's drafter.method is 'draft_model'"):
+        read_weights(out, CFG, "draft_model")
+    with pytest.raises(ValueError, match="not a drafter checkpoint"):
+        read_weights(tmp_path, CFG, "eagle")
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": torch.zeros(64, 128)}, str(out / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing .*layers.0"):
+        read_weights(out, CFG, "eagle")
+    from drafters.config import validate
+
+    with pytest.raises(ValueError, match="drafter.init='/no/such' must be"):
+        validate(DrafterConfig(init="/no/such"), 512)
+    validate(DrafterConfig(init="cache"), 512)
