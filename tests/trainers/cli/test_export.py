@@ -129,7 +129,7 @@ def test_cli_errors_name_the_argument_or_path(tmp_path):
     _fails(["eval", f"model={tmp_path}"], "neither an HF model folder")
     hf = _fake_model(tmp_path / "hf_model")
     _fails(["eval", f"model={hf}", "data=no_such_task"],
-           "data='no_such_task' is neither a data file nor an embedded task")
+           "data='no_such_task' is neither a data file, gsm8k, rg:NAME nor an embedded task")
     _fails(["eval", f"model={hf}", f"data={tmp_path / 'missing.jsonl'}"], "missing.jsonl", "does not exist")
     _fails(["eval", f"model={hf}", "eval.tempreature=0"], "did you mean 'eval.temperature'?")
     _fails(["eval", f"model={hf}", f"compare={tmp_path / 'nope'}"], "is not a folder")
