@@ -153,10 +153,10 @@ class DrafterPhase:
             self._idle = self._idle.plus(st)
         work.wait()
 
-    def step(self, engine, rows: list[DrafterBatch], spec: SpecStats | None = None) -> dict:
+    def step(self, engine, rows: list[DrafterBatch], spec: list[SpecStats] | None = None) -> dict:
         """Phase 8: the step's ``rows`` enter the replay window; one rank: the bounded training budget (background:
-        collect what the worker trained meanwhile; ``drafter.train_when=drift``: only when ``spec``, the step's
-        rollout counters, shows drift); several ranks: combine the idle-window updates. Then swap."""
+        collect what the worker trained meanwhile; ``drafter.train_when=drift``: only when ``spec``, the counters of
+        the step's rollout calls, shows drift); several ranks: combine the idle-window updates. Then swap."""
         t0 = time.perf_counter()
         for b in rows:
             self.drafter.add(b)
@@ -167,7 +167,9 @@ class DrafterPhase:
             engine.load_drafter(self.export)
             return self._after(stats, t0)
         if self.world_size == 1:
-            if self.trigger is not None and not self.trigger.should_train((spec or SpecStats()).mean_accept_len):
+            calls = spec or []
+            seen = SpecStats(drafts=sum(c.drafts for c in calls), accepted_tokens=sum(c.accepted_tokens for c in calls))
+            if self.trigger is not None and not self.trigger.should_train(seen.mean_accept_len):
                 return self._after(DrafterStats(0.0, 0.0, 0.0), t0) | {"drafter/trained": 0.0}
             self.drafter.set_policy_tensors(*self.policy_tensors())
             stats = self.drafter.train(budget_s=self.cfg.budget_s, max_steps=self.cfg.max_steps_per_update)

@@ -61,8 +61,8 @@ def test_a_second_run_starts_from_the_cached_drafter(base_model_dir, tmp_path, r
             "data.n_eval=8", "eval.samples=1", "eval.max_tokens=64", "rollout.kv_cache_memory_bytes=134217728",
             "drafter.warmup_steps=20", "drafter.warmup_prompts=8", "drafter.final_steps=0", "drafter.report_calls=0",
             "logging.wandb=false", "logging.progress=false"]
-    for name in ("first", "second"):
-        run_cmd(argv + [f"run.output_dir={tmp_path / name}"], LACONIC_CACHE=str(cache))
+    for name, more in (("first", []), ("second", ["drafter.train_when=drift"])):  # the trigger is not in the key
+        run_cmd(argv + more + [f"run.output_dir={tmp_path / name}"], LACONIC_CACHE=str(cache))
     (entry,) = list((cache / "drafters").iterdir())
     assert (entry / "COMPLETE").is_file() and json.loads((entry / "warm_start.json").read_text())["steps"] == 20
     first, second = (json.loads((tmp_path / n / "summary.json").read_text())["drafter"] for n in ("first", "second"))
@@ -71,3 +71,5 @@ def test_a_second_run_starts_from_the_cached_drafter(base_model_dir, tmp_path, r
     cached = load_file(entry / "model.safetensors")
     v0 = load_file(tmp_path / "second" / "drafter" / "rank0" / "v0" / "model.safetensors")
     assert set(v0) == set(cached) and all(torch.equal(v0[k], cached[k]) for k in cached)
+    (m,) = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
+    assert m["drafter/trained"] == 0.0 and m["drafter/steps"] == 0 and m["spec/drafts"] > 0  # measured, not trained
