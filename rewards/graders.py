@@ -370,14 +370,19 @@ def reasoning_gym(completion: str, answer: str, meta: dict) -> bool:
     evaluation scripts do): the last ``<answer>...</answer>`` span (stripped), scored by the row's task (``meta["rg"]``:
     the entry, its ``metadata.source_dataset`` names the task); correct at a score of 1.0 (several tasks give partial
     credit, e.g. 0.01 for a wrong number in ``gsm_symbolic``). No span: incorrect. ``answer`` is the entry's own."""
-    from reasoning_gym import get_score_answer_fn
     from reasoning_gym.utils import extract_answer as rg_extract
+
+    return _rg_correct(rg_extract(completion), meta, "reasoning_gym")
+
+
+def _rg_correct(pred: str | None, meta: dict, verifier: str) -> bool:
+    """``pred`` scored by the row's reasoning-gym task (``meta["rg"]``, the entry); correct at 1.0; None: incorrect."""
+    from reasoning_gym import get_score_answer_fn
 
     entry = meta.get("rg")
     if entry is None:
-        raise ValueError("the reasoning_gym verifier needs rows from data.task=rg:NAME or data.eval_task=gsm8k (no "
-                         "'rg' field in this row)")
-    pred = rg_extract(completion)
+        raise ValueError(f"the {verifier} verifier needs rows from data.task=rg:NAME or data.eval_task=gsm8k (no "
+                         f"'rg' field in this row)")
     if pred is None:
         return False
     return float(get_score_answer_fn(entry["metadata"]["source_dataset"])(pred, entry)) >= 1.0
@@ -391,16 +396,8 @@ def reasoning_gym_number(completion: str, answer: str, meta: dict) -> bool:
     :func:`reasoning_gym` scores an ``<answer>`` span: for models too small to keep reasoning-gym's answer tags
     (SmolLM2-135M writes them in under 3% of completions), on tasks whose answer is one number. No number:
     incorrect."""
-    from reasoning_gym import get_score_answer_fn
-
-    entry = meta.get("rg")
-    if entry is None:
-        raise ValueError("the reasoning_gym_number verifier needs rows from data.task=rg:NAME or data.eval_task=gsm8k "
-                         "(no 'rg' field in this row)")
     numbers = _NUMBER.findall(completion.replace(",", ""))
-    if not numbers:
-        return False
-    return float(get_score_answer_fn(entry["metadata"]["source_dataset"])(numbers[-1], entry)) >= 1.0
+    return _rg_correct(numbers[-1] if numbers else None, meta, "reasoning_gym_number")
 
 
 # math-verify runs its own SIGALRM timers; deepscaler runs under reward.timeout_s
