@@ -16,7 +16,8 @@ from rollout.types import Prompt
 def to_prompts(rows: list[dict], tokenizer, data_cfg=None) -> list[Prompt]:
     """Tokenize rows once; ``meta`` carries everything but the prompt text. With ``data_cfg`` (``DataConfig``) the
     text is ``data.prompt_template`` filled with the row's prompt and, when ``data.chat_template`` is on, wrapped as
-    one user turn (after ``data.system_prompt``'s system turn, when set) by the tokenizer's chat template with the assistant turn opened (real reasoning models)."""
+    one user turn (after ``data.system_prompt``'s system turn, when set) by the tokenizer's chat template with the
+    assistant turn opened (real reasoning models)."""
     template = data_cfg.prompt_template if data_cfg is not None else "{prompt}"
     chat = bool(data_cfg is not None and data_cfg.chat_template)
     if chat and not getattr(tokenizer, "chat_template", None):

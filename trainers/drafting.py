@@ -167,9 +167,7 @@ class DrafterPhase:
             engine.load_drafter(self.export)
             return self._after(stats, t0)
         if self.world_size == 1:
-            calls = spec or []
-            seen = SpecStats(drafts=sum(c.drafts for c in calls), accepted_tokens=sum(c.accepted_tokens for c in calls))
-            if self.trigger is not None and not self.trigger.should_train(seen.mean_accept_len):
+            if self.trigger is not None and not self.trigger.should_train(_accept_len(spec or [])):
                 return self._after(DrafterStats(0.0, 0.0, 0.0), t0) | {"drafter/trained": 0.0}
             self.drafter.set_policy_tensors(*self.policy_tensors())
             stats = self.drafter.train(budget_s=self.cfg.budget_s, max_steps=self.cfg.max_steps_per_update)
@@ -286,6 +284,12 @@ class DrafterPhase:
         """Stop the background drafter's process (nothing to do for the others)."""
         if self.cfg.background:
             self.drafter.close()
+
+
+def _accept_len(calls: list[SpecStats]) -> float:
+    """Mean acceptance length over a rank's rollout calls (0 when none speculated)."""
+    return SpecStats(drafts=sum(c.drafts for c in calls), accepted_tokens=sum(c.accepted_tokens for c in calls)
+                     ).mean_accept_len
 
 
 # the settings that decide what the warm start trains: a cached drafter is reused only when all of them match

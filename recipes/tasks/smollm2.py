@@ -103,7 +103,8 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None, progress=None) ->
     gguf = locate_gguf()
     check_gguf(gguf)
     root = Path(cache_dir) if cache_dir else cache_root()
-    final = root / f"{NAME}-{gguf_key(gguf)}"
+    key = gguf_key(gguf)
+    final = root / f"{NAME}-{key}"
     if is_complete(final):
         return final
     with build_lock(NAME):
@@ -111,13 +112,13 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None, progress=None) ->
             return final
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        convert(gguf, tmp, progress=progress)
+        convert(gguf, tmp, key, progress=progress)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
 
 
-def convert(gguf: Path, out: Path, progress=None) -> None:
+def convert(gguf: Path, out: Path, key: str, progress=None) -> None:
     """GGUF -> a plain float32 ``LlamaForCausalLM`` safetensors folder with the GGUF's tokenizer and chat template."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -147,7 +148,7 @@ def convert(gguf: Path, out: Path, progress=None) -> None:
     plain.to(torch.float32).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "laconic_base.json").write_text(json.dumps({
-        "name": NAME, "source": f"{PACKAGE}/{GGUF_FILE}", "gguf_key": gguf_key(gguf), "build_version": BUILD_VERSION,
+        "name": NAME, "source": f"{PACKAGE}/{GGUF_FILE}", "gguf_key": key, "build_version": BUILD_VERSION,
         "dequantised_from": "Q4_1"}, indent=2))
     bar.update(1)
     if progress is None:
