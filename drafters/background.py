@@ -29,7 +29,7 @@ from drafters.types import DrafterBatch, DrafterExport, DrafterStats
 
 
 def _worker(conn, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, lm_head: torch.Tensor,
-            temperature: float, seed: int, nice: int) -> None:
+            temperature: float, seed: int, nice: int, final_norm: torch.Tensor | None = None) -> None:
     """The worker's loop. Messages are (command, *args); commands that the trainer waits on get ("ok", value) or
     ("err", traceback); the others report a failure at the next waited-on command."""
     from drafters.online import OnlineDrafter
@@ -37,7 +37,7 @@ def _worker(conn, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, 
     if nice:
         os.nice(nice)
     threads = torch.get_num_threads()  # the foreground (warm start) uses them all; the background one
-    drafter = OnlineDrafter(cfg, policy_config, embed, lm_head, temperature, seed)
+    drafter = OnlineDrafter(cfg, policy_config, embed, lm_head, temperature, seed, final_norm)
     running, failed = False, None
     none = DrafterStats(0.0, 0.0, 0.0)
     done = none  # trained in the background since the last collect
@@ -108,15 +108,21 @@ class BackgroundDrafter:
     """An :class:`~drafters.online.OnlineDrafter` living in a worker process (see the module docstring)."""
 
     def __init__(self, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, lm_head: torch.Tensor,
-                 temperature: float, seed: int = 0, nice: int = 19) -> None:
+                 temperature: float, seed: int = 0, final_norm: torch.Tensor | None = None, nice: int = 19) -> None:
         import torch.multiprocessing as mp
 
+        from drafters.online import new_head
+
         self.cfg = cfg
+        # an EAGLE-3 head's captured policy layers depend on the policy's depth only: known here, no worker call
+        self.feature_layers = tuple(getattr(new_head(cfg.method, policy_config, cfg.train_vocab), "aux_layers", ())
+                                    if cfg.method != "draft_model" else ())
         ctx = mp.get_context("spawn")  # no fork of a process that holds a vLLM engine and OpenMP threads
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker, name="laconic-drafter", daemon=True,
                                  args=(child, cfg, dict(policy_config), embed.detach().clone(),
-                                       lm_head.detach().clone(), temperature, seed, nice))
+                                       lm_head.detach().clone(), temperature, seed, nice,
+                                       None if final_norm is None else final_norm.detach().clone()))
         self._proc.start()
         child.close()
         self.pid = self._call("ping")  # fails here, not at the first step, if the worker cannot start

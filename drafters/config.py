@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 @dataclass
 class DrafterConfig:
     enabled: bool = False  # train a drafter online and speculate with it in the rollout engine
-    method: str = "eagle"  # eagle (one decoder layer on the policy's hidden state) | draft_model (small draft LM)
+    # eagle (EAGLE-1: one decoder layer on the policy's final hidden state) | eagle3 (EAGLE-3: one layer on three of the
+    # policy's layer outputs, its own LM head over a draft vocabulary of train_vocab tokens; policies of >= 7 layers)
+    # | draft_model (small draft LM)
+    method: str = "eagle"
     num_speculative_tokens: int = 4  # the most tokens proposed per round; the controller picks K <= this per batch size
     lr: float = 3e-3  # drafter AdamW learning rate
     cls_weight: float = 1.0  # weight of the distillation loss KL(policy || drafter) at the sampling temperature
@@ -17,8 +20,9 @@ class DrafterConfig:
     batch_rows: int = 32  # sequences per drafter optimizer step
     # distil over the N tokens the replay window's rows use most (0 = the whole vocabulary): the drafter's and the
     # policy's logits restricted to them, renormalised. A real vocabulary makes the full-vocabulary KL the drafter's
-    # whole cost (SmolLM2: 49,152 x 576 per position, ~13 s per optimizer step on 2 cores); the head still drafts
-    # over the full vocabulary, and verification keeps decoding lossless whatever it drafts
+    # whole cost (SmolLM2: 49,152 x 576 per position, ~13 s per optimizer step on 2 cores). eagle: the head still
+    # drafts over the full vocabulary; eagle3: it drafts over these N tokens only (its draft vocabulary, chosen at the
+    # first training), which also makes each draft step cheap. Verification keeps decoding lossless either way
     train_vocab: int = 0
     replay_steps: int = 2  # RL steps of rollouts kept in the replay window
     max_rows_per_step: int = 256  # rollout rows of one RL step added to the replay window (a random subset)
@@ -64,7 +68,7 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
     context, which bounds the warm start's cap. Raises ValueError naming the field."""
     from laconic.registry import one_of
 
-    one_of("drafter.method", cfg.method, ("eagle", "draft_model"))
+    one_of("drafter.method", cfg.method, ("eagle", "eagle3", "draft_model"))
     one_of("drafter.train_when", cfg.train_when, ("always", "drift"))
     if not 0 < cfg.drift_tolerance < 1:
         raise ValueError(f"drafter.drift_tolerance={cfg.drift_tolerance} must lie in (0, 1)")
@@ -81,9 +85,9 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
                              f"(config.json + model.safetensors)")
     if cfg.train_vocab < 0:
         raise ValueError(f"drafter.train_vocab={cfg.train_vocab} must be >= 0 (0 = the whole vocabulary)")
-    if cfg.train_vocab and cfg.method != "eagle":
-        raise ValueError(f"drafter.train_vocab={cfg.train_vocab} needs drafter.method=eagle (a draft_model has its own "
-                         f"LM head, trained over the whole vocabulary)")
+    if cfg.train_vocab and cfg.method == "draft_model":
+        raise ValueError(f"drafter.train_vocab={cfg.train_vocab} needs drafter.method=eagle or eagle3 (a draft_model "
+                         f"has its own LM head, trained over the whole vocabulary)")
     if cfg.final_steps < 0:
         raise ValueError(f"drafter.final_steps={cfg.final_steps} must be >= 0 (0 = no final fit)")
     if cfg.final_prompts < 0:

@@ -69,16 +69,17 @@ class DecoderLayer(torch.nn.Module):
     """A Llama decoder layer with HF parameter names; ``input_norm=False`` is vLLM's EAGLE layer 0 (the fc output
     goes into attention un-normalised)."""
 
-    def __init__(self, s: dict, input_norm: bool = False) -> None:
+    def __init__(self, s: dict, input_norm: bool = False, in_dim: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(s["hidden_size"], s["rms_norm_eps"]) if input_norm else None
+        self.norm_input = input_norm  # qkv norms its input (a subclass may own an input_layernorm it applies itself)
         h, nh, nkv, hd = s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
         self.nh, self.nkv, self.hd, self.theta = nh, nkv, hd, s["rope_theta"]
-        bias = s["attention_bias"]
+        bias, d = s["attention_bias"], in_dim or h  # in_dim: what q/k/v read (EAGLE-3's layer 0: 2H)
         self.self_attn = torch.nn.Module()
-        self.self_attn.q_proj = torch.nn.Linear(h, nh * hd, bias=bias)
-        self.self_attn.k_proj = torch.nn.Linear(h, nkv * hd, bias=bias)
-        self.self_attn.v_proj = torch.nn.Linear(h, nkv * hd, bias=bias)
+        self.self_attn.q_proj = torch.nn.Linear(d, nh * hd, bias=bias)
+        self.self_attn.k_proj = torch.nn.Linear(d, nkv * hd, bias=bias)
+        self.self_attn.v_proj = torch.nn.Linear(d, nkv * hd, bias=bias)
         self.self_attn.o_proj = torch.nn.Linear(nh * hd, h, bias=False)
         self.post_attention_layernorm = RMSNorm(h, s["rms_norm_eps"])
         self.mlp = torch.nn.Module()
@@ -90,7 +91,7 @@ class DecoderLayer(torch.nn.Module):
         """x [B,L,H], positions [B,L] -> q, k, v [B,heads,L,head_dim] (RoPE applied, KV heads repeated)."""
         b, l, _ = x.shape
         a = self.self_attn
-        y = self.input_layernorm(x) if self.input_layernorm is not None else x
+        y = self.input_layernorm(x) if self.norm_input else x
         q = rope(a.q_proj(y).view(b, l, self.nh, self.hd).transpose(1, 2), positions, self.theta)
         k = rope(a.k_proj(y).view(b, l, self.nkv, self.hd).transpose(1, 2), positions, self.theta)
         v = a.v_proj(y).view(b, l, self.nkv, self.hd).transpose(1, 2)
@@ -99,7 +100,7 @@ class DecoderLayer(torch.nn.Module):
         return q, k, v
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """The rest of the layer after attention: output projection, residual, MLP."""
+        """The rest of the layer after attention: output projection, residual ``x``, MLP."""
         b, l, _ = x.shape
         x = x + self.self_attn.o_proj(attn.transpose(1, 2).reshape(b, l, self.nh * self.hd))
         m = self.mlp
@@ -140,6 +141,23 @@ class EagleHead(torch.nn.Module):
             x = layer(x, positions, valid)
         return x
 
+    # the pieces a subclass with another layer input or output (EAGLE-3) replaces
+    def enter(self, emb: torch.Tensor, hidden: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's attention input and residual for (embedded next token, hidden). ``first``: ``hidden`` is the
+        policy's feature (step 1), else the head's own previous output; EAGLE-1 treats both alike."""
+        x = self.fc(torch.cat([emb, hidden], -1))
+        return x, x
+
+    def inputs(self, batch: DrafterBatch) -> torch.Tensor:
+        """The policy features the head reads at step 1: its final hidden states."""
+        return batch.hidden_states
+
+    def distill(self, f: torch.Tensor, h_next: torch.Tensor, lm_head: torch.Tensor, temperature: float,
+                cls_weight: float, reg_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss of outputs ``f`` [N,H] against the policy's next hidden states ``h_next`` [N,H]: KL through the
+        policy's head rows ``lm_head`` plus the SmoothL1 regression -> (loss, top-1 agreements, N)."""
+        return _distill(f, h_next, lm_head.t(), lm_head, temperature, cls_weight, reg_weight)
+
     def loss(self, batch: DrafterBatch, embed: torch.Tensor, lm_head: torch.Tensor, temperature: float,
              cls_weight: float, reg_weight: float, depth: int = 1, chains: int = 64
              ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -153,12 +171,12 @@ class EagleHead(torch.nn.Module):
         same loss, averaged over steps. Taught only on the policy's features the head drifts off them after one
         proposal: per-position acceptance 0.93 / 0.76 / 0.47 / 0.26 at K = 4 on the tiny task, 0.96 / 0.91 / 0.87 /
         0.83 with D = 4 (benchmarks/rollout_speedup.py)."""
-        ids, h, valid = batch.token_ids, batch.hidden_states, batch.valid
+        ids, h, valid = batch.token_ids, self.inputs(batch), batch.valid
         sel = batch.target[:, 1:] & valid[:, 1:]
-        h_next = h[:, 1:]
+        h_next = batch.hidden_states[:, 1:]
         if depth <= 1:
             f = self.forward(ids[:, 1:], h[:, :-1], valid[:, 1:], embed)  # [B,L-1,H]
-            return _distill(f[sel], h_next[sel].to(f.dtype), lm_head, temperature, cls_weight, reg_weight)
+            return self.distill(f[sel], h_next[sel].to(f.dtype), lm_head, temperature, cls_weight, reg_weight)
         length = ids.shape[1] - 1
         n_starts = length - depth + 1
         if n_starts < 1:
@@ -168,13 +186,13 @@ class EagleHead(torch.nn.Module):
         else:
             starts = torch.randint(0, n_starts, (ids.shape[0], chains), device=ids.device)
         f1, deeper = self.chain_outputs(ids[:, 1:], h[:, :-1], embed, depth, starts)
-        first = _distill(f1[sel], h_next[sel].to(f1.dtype), lm_head, temperature, cls_weight, reg_weight)
+        first = self.distill(f1[sel], h_next[sel].to(f1.dtype), lm_head, temperature, cls_weight, reg_weight)
         total = first[0]
         for i, f in enumerate(deeper, start=2):
             p = starts + i - 1
             ok = _take(sel, p)
-            total = total + _distill(f[ok], _take(h_next, p)[ok].to(f.dtype), lm_head, temperature, cls_weight,
-                                     reg_weight)[0]
+            total = total + self.distill(f[ok], _take(h_next, p)[ok].to(f.dtype), lm_head, temperature, cls_weight,
+                                         reg_weight)[0]
         return total / depth, first[1], first[2]
 
     def chain_outputs(self, next_ids: torch.Tensor, hidden: torch.Tensor, embed: torch.Tensor, depth: int,
@@ -189,14 +207,14 @@ class EagleHead(torch.nn.Module):
         scale = 1.0 / math.sqrt(layer.hd)
         emb = F.embedding(next_ids, embed).to(hidden.dtype)
         positions = torch.arange(l, device=next_ids.device).expand(b, l)
-        x1 = self.fc(torch.cat([emb, hidden], -1))
+        x1, res1 = self.enter(emb, hidden, True)
         q1, k1, v1 = layer.qkv(x1, positions)
-        f1 = layer.finish(x1, F.scaled_dot_product_attention(q1, k1, v1, is_causal=True, scale=scale))
+        f1 = layer.finish(res1, F.scaled_dot_product_attention(q1, k1, v1, is_causal=True, scale=scale))
         prefix = torch.arange(l, device=next_ids.device)[None, None, None, :] <= starts[:, None, :, None]  # [B,1,M,L]
         feats, keys, values, out = _take(f1, starts), [], [], []
         for i in range(2, depth + 1):
             p = starts + i - 1
-            x = self.fc(torch.cat([_take(emb, p), feats], -1))  # [B,M,H]
+            x, res = self.enter(_take(emb, p), feats, False)  # [B,M,*]
             q, k, v = layer.qkv(x, p)
             keys.append(k)
             values.append(v)
@@ -206,7 +224,7 @@ class EagleHead(torch.nn.Module):
             att = w[..., :l] @ v1
             for m, vv in enumerate(values):
                 att = att + w[..., l + m, None] * vv
-            feats = layer.finish(x, att)
+            feats = layer.finish(res, att)
             out.append(feats)
         return f1, out
 
@@ -242,14 +260,19 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index)
 
 
-def _distill(f: torch.Tensor, h_next: torch.Tensor, lm_head: torch.Tensor, temperature: float, cls_weight: float,
-             reg_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _distill(f: torch.Tensor, h_next: torch.Tensor, draft_logits, lm_head: torch.Tensor, temperature: float,
+             cls_weight: float, reg_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """KL(policy || draft) at ``temperature`` over the rows of ``lm_head`` (the policy's distribution from
+    ``h_next``), plus ``reg_weight`` x SmoothL1(f, h_next) when positive. ``draft_logits``: a [H,V'] matrix the draft
+    logits are ``f @``, or a callable ``f -> logits``. -> (loss, top-1 agreements, N)."""
     n = f.shape[0]
     if n == 0:
         return f.sum() * 0.0, torch.zeros((), dtype=torch.long), 0
     target_logp = F.log_softmax((h_next @ lm_head.t()).float() / temperature, -1)
-    draft_logp = F.log_softmax((f @ lm_head.t()).float() / temperature, -1)
-    cls = F.kl_div(draft_logp, target_logp, log_target=True, reduction="sum") / n
-    reg = F.smooth_l1_loss(f.float(), h_next.float(), reduction="mean")
+    logits = draft_logits(f) if callable(draft_logits) else f @ draft_logits
+    draft_logp = F.log_softmax(logits.float() / temperature, -1)
+    loss = cls_weight * F.kl_div(draft_logp, target_logp, log_target=True, reduction="sum") / n
+    if reg_weight > 0:
+        loss = loss + reg_weight * F.smooth_l1_loss(f.float(), h_next.float(), reduction="mean")
     agree = (draft_logp.argmax(-1) == target_logp.argmax(-1)).sum()
-    return cls_weight * cls + reg_weight * reg, agree, n
+    return loss, agree, n

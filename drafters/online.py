@@ -22,6 +22,7 @@ import torch
 from drafters.config import DrafterConfig
 from drafters.draft_lm import DraftLM
 from drafters.eagle import EagleHead, llama_sizes
+from drafters.eagle3 import Eagle3Head
 from drafters.types import DrafterBatch, DrafterExport, DrafterStats
 
 
@@ -29,11 +30,30 @@ _SIZE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head
               "vocab_size")
 
 
-def read_weights(folder: str | Path, policy_config: dict, method: str) -> dict:
-    """The weights of a drafter checkpoint (``drafter.init``: a Laconic export, or an EAGLE-1 head in vLLM's layout
-    such as a published one), checked against the policy before anything uses them: the folder holds
+METHODS = ("eagle", "eagle3", "draft_model")
+
+
+def _draft_vocab(policy_config: dict, train_vocab: int) -> torch.Tensor | None:
+    """An EAGLE-3 head's draft vocabulary before any rows are counted: the first ``train_vocab`` ids (replaced at the
+    first training by the most used tokens), or None for the whole vocabulary."""
+    v = int(policy_config["vocab_size"])
+    return torch.arange(train_vocab) if 0 < train_vocab < v else None
+
+
+def new_head(method: str, policy_config: dict, train_vocab: int = 0) -> torch.nn.Module:
+    """A fresh EAGLE / EAGLE-3 head for the policy described by ``policy_config``."""
+    sizes = llama_sizes(policy_config)
+    if method == "eagle3":
+        return Eagle3Head(sizes, int(policy_config["num_hidden_layers"]), _draft_vocab(policy_config, train_vocab))
+    return EagleHead(sizes)
+
+
+def read_weights(folder: str | Path, policy_config: dict, method: str, train_vocab: int = 0) -> dict:
+    """The weights of a drafter checkpoint (``drafter.init``: a Laconic export, or an EAGLE-1 / EAGLE-3 head in
+    vLLM's layout such as a published one), checked against the policy before anything uses them: the folder holds
     ``config.json`` + ``model.safetensors``, the method matches, the sizes are the policy's and the tensors are the
-    ones the head has. Raises ValueError naming the folder and what differs."""
+    ones the head has (an EAGLE-3 head's draft vocabulary: ``train_vocab`` tokens). Raises ValueError naming the
+    folder and what differs."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -42,7 +62,8 @@ def read_weights(folder: str | Path, policy_config: dict, method: str) -> dict:
         raise ValueError(f"drafter.init={str(folder)!r} is not a drafter checkpoint (needs config.json and "
                          f"model.safetensors)")
     cfg = json.loads(cfg_path.read_text())
-    kind = cfg.get("laconic_drafter", "eagle")
+    kind = cfg.get("laconic_drafter") or ("eagle3" if any("Eagle3" in a for a in cfg.get("architectures", []))
+                                           else "eagle")
     if kind != method:
         raise ValueError(f"drafter.init={str(folder)!r} is a {kind!r} drafter; this run's drafter.method is {method!r}")
     mine, theirs = llama_sizes(policy_config), llama_sizes(cfg)
@@ -50,32 +71,50 @@ def read_weights(folder: str | Path, policy_config: dict, method: str) -> dict:
     if differ:
         raise ValueError(f"drafter.init={str(folder)!r} was made for another model: (its, the policy's) {differ}")
     state = load_file(str(weights))
-    expected = EagleHead(mine).state_dict() if method == "eagle" else None
+    if method == "eagle3":
+        v, vd = int(policy_config["vocab_size"]), int(cfg.get("draft_vocab_size") or cfg["vocab_size"])
+        want_vd = train_vocab if 0 < train_vocab < v else v
+        if vd != want_vd:
+            raise ValueError(f"drafter.init={str(folder)!r} drafts over {vd} tokens; this run's drafter.train_vocab="
+                             f"{train_vocab} asks for {want_vd}")
+        if vd < v and "d2t" not in state:
+            raise ValueError(f"drafter.init={str(folder)!r}: a draft vocabulary of {vd} < {v} tokens needs its d2t "
+                             f"mapping in {weights.name}")
+        if "d2t" not in state:  # the whole vocabulary: the identity mapping is left out of exports
+            state |= {"d2t": torch.zeros(v, dtype=torch.long), "t2d": torch.ones(v, dtype=torch.bool)}
+        state = {k.replace("layers.0.", "midlayer."): t for k, t in state.items()}  # vLLM's name for the one layer
+    expected = new_head(method, policy_config, train_vocab).state_dict() if method != "draft_model" else None
     if expected is not None:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         want = {k: tuple(v.shape) for k, v in expected.items()}
         if shapes != want:
             missing, extra = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
             wrong = sorted(k for k in set(want) & set(shapes) if want[k] != shapes[k])
-            raise ValueError(f"drafter.init={str(folder)!r}: {weights.name} does not hold an EAGLE head for this "
+            raise ValueError(f"drafter.init={str(folder)!r}: {weights.name} does not hold an {method} head for this "
                              f"policy (missing {missing[:4]}, unexpected {extra[:4]}, wrong shape {wrong[:4]})")
     return state
 
 
 class OnlineDrafter:
     def __init__(self, cfg: DrafterConfig, policy_config: dict, embed: torch.Tensor, lm_head: torch.Tensor,
-                 temperature: float, seed: int = 0) -> None:
-        if cfg.method not in ("eagle", "draft_model"):
-            raise ValueError(f"drafter.method={cfg.method!r} is not one of ['draft_model', 'eagle']")
+                 temperature: float, seed: int = 0, final_norm: torch.Tensor | None = None) -> None:
+        """``final_norm``: the policy's final RMSNorm weight, where an EAGLE-3 head starts (its early exit)."""
+        if cfg.method not in METHODS:
+            raise ValueError(f"drafter.method={cfg.method!r} is not one of {sorted(METHODS)}")
         self.cfg, self.policy_config, self.temperature = cfg, dict(policy_config), temperature
         torch.manual_seed(seed)
-        if cfg.method == "eagle":
-            self.model = EagleHead(llama_sizes(policy_config))
-        else:
+        if cfg.method == "draft_model":
             self.model = DraftLM.from_policy(policy_config, cfg.draft_layers, cfg.draft_hidden, embed, lm_head)
+        else:
+            self.model = new_head(cfg.method, policy_config, cfg.train_vocab)
         self.model.to(embed.device)
+        self.final_norm = None if final_norm is None else final_norm.detach()
+        # an EAGLE-3 head's draft vocabulary is chosen once, from the rows' counts at the first training (fix_vocab)
+        self.vocab_fixed = cfg.method != "eagle3" or self.model.full_vocab
+        if cfg.method == "eagle3":
+            self.model.start_from_policy(lm_head, final_norm)
         depth = min(cfg.train_depth, cfg.num_speculative_tokens)  # steps past K are never proposed
-        self._loss_kw = {"depth": depth, "chains": cfg.train_chains} if cfg.method == "eagle" else {}
+        self._loss_kw = {"depth": depth, "chains": cfg.train_chains} if cfg.method != "draft_model" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.embed, self.lm_head = embed.detach(), lm_head.detach()
         self.token_counts = torch.zeros(lm_head.shape[0], dtype=torch.long)  # tokens of every row added (train_vocab)
@@ -83,6 +122,11 @@ class OnlineDrafter:
         self.rng = random.Random(seed)
         self.version = 0
         self.total_steps = 0
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Policy layers whose output the drafter reads beside the final hidden state (EAGLE-3), else ()."""
+        return tuple(getattr(self.model, "aux_layers", ()))
 
     # ------------------------------------------------------------------ data
     def set_policy_tensors(self, embed: torch.Tensor, lm_head: torch.Tensor) -> None:
@@ -109,7 +153,9 @@ class OnlineDrafter:
             n = int(batch.valid[i].sum())
             if not bool(batch.target[i, :n].any()):
                 continue
-            row = (batch.token_ids[i, :n].cpu(), batch.hidden_states[i, :n].detach().cpu(), batch.target[i, :n].cpu())
+            aux = None if batch.aux_hidden is None else batch.aux_hidden[i, :n].detach().cpu()
+            row = (batch.token_ids[i, :n].cpu(), batch.hidden_states[i, :n].detach().cpu(), batch.target[i, :n].cpu(),
+                   aux)
             self.token_counts += torch.bincount(row[0].clamp(0, len(self.token_counts) - 1),
                                                 minlength=len(self.token_counts))
             if len(slot) < self.cfg.max_rows_per_step:
@@ -129,16 +175,39 @@ class OnlineDrafter:
         hid = torch.zeros(len(picks), width, h, dtype=picks[0][1].dtype)
         valid = torch.zeros(len(picks), width, dtype=torch.bool)
         target = torch.zeros(len(picks), width, dtype=torch.bool)
-        for i, (a, b, c) in enumerate(picks):
+        aux = None if picks[0][3] is None else torch.zeros(len(picks), width, picks[0][3].shape[1],
+                                                            dtype=picks[0][3].dtype)
+        for i, (a, b, c, d) in enumerate(picks):
             n = a.shape[0]
             ids[i, :n], hid[i, :n], valid[i, :n], target[i, :n] = a, b, True, c
+            if aux is not None:
+                aux[i, :n] = d
         dev = self.embed.device
-        return DrafterBatch(ids.to(dev), hid.to(dev), valid.to(dev), target.to(dev))
+        return DrafterBatch(ids.to(dev), hid.to(dev), valid.to(dev), target.to(dev),
+                            None if aux is None else aux.to(dev))
 
     # ------------------------------------------------------------------ training
+    def fix_vocab(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Choose an EAGLE-3 head's draft vocabulary, once: the ``drafter.train_vocab`` tokens the rows added so far
+        use most (``reduce``: sum the counts over ranks first, so every rank picks the same tokens), its LM-head rows
+        started from the policy's. A no-op once chosen, for other heads, or before any row was added."""
+        if self.vocab_fixed or not bool(self.token_counts.any()):
+            return
+        counts = self.token_counts if reduce is None else reduce(self.token_counts.clone())
+        keep = torch.topk(counts, len(self.model.d2t)).indices.sort().values
+        m = self.model
+        with torch.no_grad():
+            m.d2t.copy_(keep - torch.arange(len(keep)))
+            m.t2d.zero_().index_fill_(0, keep, True)
+            m.lm_head.weight.copy_(self.lm_head.index_select(0, keep.to(self.lm_head.device)))
+        self.vocab_fixed = True
+
     def distill_head(self) -> torch.Tensor:
         """The LM-head rows the loss distils over: all of them, or with ``drafter.train_vocab`` = N the N most used
-        tokens of the rows added so far (rows [N,H], ordered by token id; all rows while none has been added)."""
+        tokens of the rows added so far (rows [N,H], ordered by token id; all rows while none has been added); an
+        EAGLE-3 head's: the policy's rows of its draft vocabulary."""
+        if self.cfg.method == "eagle3":
+            return self.lm_head.index_select(0, self.model.draft_ids.to(self.lm_head.device))
         n = self.cfg.train_vocab
         if not n or n >= self.lm_head.shape[0] or not bool(self.token_counts.any()):
             return self.lm_head
@@ -148,6 +217,7 @@ class OnlineDrafter:
     def train(self, budget_s: float, max_steps: int, should_stop: Callable[[], bool] | None = None) -> DrafterStats:
         """Optimizer steps until ``budget_s`` seconds or ``max_steps`` steps or ``should_stop()``; returns stats."""
         t0 = time.perf_counter()
+        self.fix_vocab()
         self.model.train()
         steps, tokens, agree, loss_sum = 0, 0, 0, 0.0
         head = self.distill_head()
@@ -196,7 +266,8 @@ class OnlineDrafter:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "version": self.version,
-                "total_steps": self.total_steps, "rng": self.rng.getstate(), "token_counts": self.token_counts.clone()}
+                "total_steps": self.total_steps, "rng": self.rng.getstate(), "token_counts": self.token_counts.clone(),
+                "vocab_fixed": self.vocab_fixed}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -205,3 +276,4 @@ class OnlineDrafter:
         self.rng.setstate(state["rng"])
         if "token_counts" in state:  # checkpoints written before drafter.train_vocab existed have none
             self.token_counts = state["token_counts"].clone()
+        self.vocab_fixed = bool(state.get("vocab_fixed", self.vocab_fixed))

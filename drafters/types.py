@@ -21,13 +21,17 @@ class DrafterBatch:
     valid: torch.Tensor  # [B,L] bool: real (non-padding) tokens
     target: torch.Tensor  # [B,L] bool: positions q whose h_q (next-token distribution) the drafter learns; the
     # completion region, where vLLM speculates: q in [prompt_len, L - 2]
+    aux_hidden: torch.Tensor | None = None  # [B,L,A*H]: EAGLE-3's input, the residual stream after A policy layers
 
     def __post_init__(self) -> None:
         b, l = self.token_ids.shape
-        if self.hidden_states.shape[:2] != (b, l) or self.valid.shape != (b, l) or self.target.shape != (b, l):
+        aux_ok = self.aux_hidden is None or self.aux_hidden.shape[:2] == (b, l)
+        if (self.hidden_states.shape[:2] != (b, l) or self.valid.shape != (b, l) or self.target.shape != (b, l)
+                or not aux_ok):
+            aux = None if self.aux_hidden is None else tuple(self.aux_hidden.shape)
             raise ValueError(f"DrafterBatch shapes disagree: token_ids {tuple(self.token_ids.shape)}, hidden_states "
                              f"{tuple(self.hidden_states.shape)}, valid {tuple(self.valid.shape)}, "
-                             f"target {tuple(self.target.shape)}")
+                             f"target {tuple(self.target.shape)}, aux_hidden {aux}")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class DrafterStats:
 
 @dataclass(frozen=True)
 class DrafterExport:
-    method: str  # vLLM speculative method: "eagle" | "draft_model"
+    method: str  # vLLM speculative method: "eagle" | "eagle3" | "draft_model"
     num_speculative_tokens: int  # tokens proposed per round (the maximum; the engine may use fewer per batch size)
     path: str  # folder in the layout vLLM loads as a speculator
     version: int  # drafter version (increments per update)

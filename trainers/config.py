@@ -306,6 +306,6 @@ def _validate_across(cfg: Config, world_size: int) -> None:
     if a.sampler_correction != "none" and not r.logprobs:
         raise ValueError(f"algo.sampler_correction={a.sampler_correction!r} needs rollout.logprobs=true "
                          "(the sampler's log-probs are the importance ratio's denominator)")
-    if cfg.drafter.enabled and cfg.drafter.method == "eagle" and cfg.model.dtype != r.dtype:
-        raise ValueError(f"drafter.method=eagle trains on the trainer's hidden states for the engine: model.dtype="
+    if cfg.drafter.enabled and cfg.drafter.method in ("eagle", "eagle3") and cfg.model.dtype != r.dtype:
+        raise ValueError(f"drafter.method={cfg.drafter.method} trains on the trainer's hidden states for the engine: model.dtype="
                          f"{cfg.model.dtype} must equal rollout.dtype={r.dtype}")

@@ -60,9 +60,9 @@ class DrafterPhase:
                                  "ranks it trains in the rollout's idle windows (set drafter.background=false)")
             from drafters.background import BackgroundDrafter
 
-            self.drafter = BackgroundDrafter(self.cfg, config, embed, head, temperature, self.seed)
+            self.drafter = BackgroundDrafter(self.cfg, config, embed, head, temperature, self.seed, self.final_norm())
         else:
-            self.drafter = OnlineDrafter(self.cfg, config, embed, head, temperature, self.seed)
+            self.drafter = OnlineDrafter(self.cfg, config, embed, head, temperature, self.seed, self.final_norm())
         self.init_from, self.cache_dir = self._initialise(cfg, policy_path, config)
         self.trigger = DriftTrigger(self.cfg.drift_tolerance) if self.cfg.train_when == "drift" else None
         self.export = self.drafter.export(self.folder / "v0")  # the engine is built with it
@@ -87,9 +87,25 @@ class DrafterPhase:
         if not init:
             return "", None
         state = self.drafter.state_dict()
-        state["model"] = read_weights(init, policy_config, self.cfg.method)
+        state["model"] = read_weights(init, policy_config, self.cfg.method, self.cfg.train_vocab)
+        state["vocab_fixed"] = True  # an EAGLE-3 checkpoint's draft vocabulary is its own
         self.drafter.load_state_dict(state)  # the weights only: optimizer state and version start fresh
         return init, cache
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Policy layers whose output the trainer's forward keeps for the drafter (EAGLE-3), else ()."""
+        return self.drafter.feature_layers
+
+    def final_norm(self) -> torch.Tensor | None:
+        """The policy's final RMSNorm weight (gathered under ZeRO-3), a detached copy; None if it has none."""
+        from trainers.backend.models import decoder
+
+        norm = getattr(decoder(self.policy.module), "norm", None)
+        if norm is None or getattr(norm, "weight", None) is None:
+            return None
+        with self.policy.gathered([norm.weight]):
+            return norm.weight.detach().clone()
 
     def policy_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's current input embedding and LM head weights (gathered under ZeRO-3), detached copies."""
@@ -117,6 +133,8 @@ class DrafterPhase:
         engine.controller.forced_off = True  # the untrained drafter would only cost time
         _, t1, t2 = self._roll_into_window(engine, prompts, spec)
         engine.controller.forced_off = engine.lossless == "broken" and r.temperature > 0
+        if self.world_size > 1:  # an EAGLE-3 head's draft vocabulary: the same tokens on every rank
+            self.drafter.fix_vocab(distributed.all_sum)
         stats = self.drafter.train(budget_s=float("inf"), max_steps=c.warmup_steps)
         if self.world_size > 1:  # each rank warmed up on its own prompts
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
@@ -247,7 +265,7 @@ class DrafterPhase:
         t1 = time.perf_counter()
         self.drafter.new_step()
         rows = in_slot = 0
-        for feats in rollout_features(self.policy.module, batch, self.micro_batch, self.pad_id,
+        for feats in rollout_features(self.policy.module, batch, self.micro_batch, self.pad_id, self.feature_layers,
                                       self.rollout_cfg.temperature):
             b = feats.to_drafter_batch()
             if slots > 1 and in_slot >= self.cfg.max_rows_per_step:
@@ -342,15 +360,18 @@ def save_to_cache(export_dir: str, cache: Path, stats: DrafterStats) -> None:
 
 
 @torch.no_grad()
-def rollout_features(model: torch.nn.Module, batch, micro_batch: int, pad_id: int = 0, temperature: float = 1.0):
-    """The trainer's forward (no grad) over a rollout batch, micro-batch by micro-batch -> ``Features`` each."""
+def rollout_features(model: torch.nn.Module, batch, micro_batch: int, pad_id: int = 0,
+                     aux_layers: tuple[int, ...] = (), temperature: float = 1.0):
+    """The trainer's forward (no grad) over a rollout batch, micro-batch by micro-batch -> ``Features`` each (with
+    the residual stream after each of ``aux_layers`` layers)."""
     from trainers.backend.logprobs import completion_logprobs
 
     ids = [batch.prompts[int(i)].token_ids for i in batch.prompt_index]
     model.eval()
     for s in range(0, len(ids), micro_batch):
         yield completion_logprobs(model, ids[s:s + micro_batch], batch.completion_ids[s:s + micro_batch],
-                                  batch.completion_mask[s:s + micro_batch], pad_id, temperature)[2]
+                                  batch.completion_mask[s:s + micro_batch], pad_id, temperature,
+                                  aux_layers=aux_layers)[2]
 
 
 def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps: int, micro_batch: int = 32,
@@ -358,7 +379,8 @@ def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps
     """Warm a drafter on a rollout batch of ``model`` (features from its forward) for ``steps`` optimizer steps:
     the trainer's warm start, outside the trainer (benchmarks, tests)."""
     drafter.new_step()
-    for feats in rollout_features(model, batch, micro_batch, temperature=temperature):
+    for feats in rollout_features(model, batch, micro_batch, aux_layers=drafter.feature_layers,
+                                  temperature=temperature):
         drafter.add(feats.to_drafter_batch())
     return drafter.train(budget_s=float("inf"), max_steps=steps)
 

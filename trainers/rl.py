@@ -94,7 +94,8 @@ class Trainer:
             self.drafting = DrafterPhase(cfg, model_path, self.policy, self.run.path / "drafter" / f"rank{self.d.rank}",
                                          self.d.rank, self.d.world_size, task.train, self.tokenizer, self.pad_id)
         self.updater = Updater(cfg, self.policy, self.pad_id, self.critic, reference,
-                               want_features=self.drafting is not None)
+                               want_features=self.drafting is not None,
+                               feature_layers=self.drafting.feature_layers if self.drafting else ())
         self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
                                   drafter=self.drafting.export if self.drafting else None)
         if cfg.logging.progress and self.d.is_main:  # a bar per rollout and evaluation, on the terminal

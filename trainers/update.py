@@ -77,12 +77,13 @@ class Rows:
 
 
 class Updater:
-    """``want_features``: return the drafter's rows of the step (module docstring)."""
+    """``want_features``: return the drafter's rows of the step (module docstring), with the residual stream after
+    each of ``feature_layers`` layers when the drafter reads them (EAGLE-3)."""
 
     def __init__(self, cfg: Config, policy, pad_id: int, critic=None, reference=None,
-                 want_features: bool = False) -> None:
+                 want_features: bool = False, feature_layers: tuple[int, ...] = ()) -> None:
         self.cfg, self.policy, self.critic, self.reference, self.pad_id = cfg, policy, critic, reference, pad_id
-        self.want_features = want_features
+        self.want_features, self.feature_layers = want_features, tuple(feature_layers)
         a, t = cfg.algo, cfg.trainer
         self.on_policy = t.epochs * t.mini_batches == 1
         self.needs_old = not self.on_policy or a.kl_in_reward or a.sampler_correction != "none"
@@ -128,15 +129,16 @@ class Updater:
         return Forward(old, ref, values, isw, features)
 
     def _policy_logprobs(self, r: Rows, features: list | None) -> torch.Tensor:
-        lp, _, feats = self._logprobs(self.policy.module, r)
+        lp, _, feats = self._logprobs(self.policy.module, r, features is not None)
         if features is not None:
             features.append(_drafter_rows(feats))
         return lp
 
-    def _logprobs(self, model, r: Rows):
+    def _logprobs(self, model, r: Rows, for_drafter: bool = False):
         return completion_logprobs(model, r.prompt_ids, r.completion_ids, r.mask, self.pad_id,
                                    self.cfg.rollout.temperature, self.cfg.trainer.logprob_chunk,
-                                   self.policy.zero_stage == 3, self.cfg.trainer.logprob_backend)
+                                   self.policy.zero_stage == 3, self.cfg.trainer.logprob_backend,
+                                   self.feature_layers if for_drafter else ())
 
     def _map(self, rows: Rows, fn) -> torch.Tensor:
         """fn over micro-batches of rows of similar length, as [B,T] on CPU in the rows' order."""
@@ -181,7 +183,7 @@ class Updater:
                       sums: Sums, features: list | None = None) -> None:
         a = self.cfg.algo
         self.policy.begin_micro()
-        lp, ent, feats = self._logprobs(self.policy.module, r)
+        lp, ent, feats = self._logprobs(self.policy.module, r, features is not None)
         if features is not None:
             features.append(_drafter_rows(feats))
         dev = lp.device
@@ -227,7 +229,8 @@ class Updater:
 def _drafter_rows(feats) -> DrafterBatch:
     """The drafter's view of one micro-batch's features, moved to CPU (GPU memory is not held through the update)."""
     b = feats.to_drafter_batch()
-    return DrafterBatch(b.token_ids.cpu(), b.hidden_states.detach().cpu(), b.valid.cpu(), b.target.cpu())
+    return DrafterBatch(b.token_ids.cpu(), b.hidden_states.detach().cpu(), b.valid.cpu(), b.target.cpu(),
+                        None if b.aux_hidden is None else b.aux_hidden.detach().cpu())
 
 
 def _slice_is(w: ISWeights, sl: slice | torch.Tensor, device) -> ISWeights:

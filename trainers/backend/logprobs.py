@@ -24,6 +24,7 @@ class Features:
     valid: torch.Tensor  # [B,L] bool: real tokens
     prompt_lens: torch.Tensor  # [B] long
     completion_lens: torch.Tensor  # [B] long
+    aux: torch.Tensor | None = None  # [B,L,A*H]: the residual stream after each of ``aux_layers`` layers (EAGLE-3)
 
     def to_drafter_batch(self) -> DrafterBatch:
         """Targets: positions q = prompt_len .. prompt_len + n - 2, whose hidden states predict completion tokens
@@ -31,7 +32,7 @@ class Features:
         q = torch.arange(self.input_ids.shape[1])[None, :]
         lp, n = self.prompt_lens[:, None], self.completion_lens[:, None]
         target = (q >= lp) & (q <= lp + n - 2)
-        return DrafterBatch(self.input_ids, self.hidden, self.valid, target)
+        return DrafterBatch(self.input_ids, self.hidden, self.valid, target, self.aux)
 
 
 def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
@@ -54,17 +55,21 @@ def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor, comp
 
 def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
                         completion_mask: torch.Tensor, pad_id: int, temperature: float, chunk: int = 0,
-                        through_head_module: bool = False,
-                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        through_head_module: bool = False, backend: str = "auto",
+                        aux_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> logprobs [B,T], entropy [B,T] (0 on padding), :class:`Features` of the whole sequences (for the drafter).
 
     ``through_head_module`` calls the LM head as a module (so ZeRO-3's gather hooks run) and scores its
     ``[N,V]`` logits with the reference twin; otherwise the head's weight goes to the chunked kernel.
+    ``aux_layers`` (k < number of layers): also keep the residual stream after k layers, concatenated, in
+    ``Features.aux`` (HF's ``hidden_states[k]``: what vLLM captures for EAGLE-3 after layer k).
     """
     device = next(model.parameters()).device
     ids, attn, pos = build_inputs(prompt_ids, completion_ids, completion_mask, pad_id)
-    out = decoder(model)(input_ids=ids.to(device), attention_mask=attn.to(device))
+    out = decoder(model)(input_ids=ids.to(device), attention_mask=attn.to(device),
+                         output_hidden_states=bool(aux_layers))
     hidden_all = out.last_hidden_state  # [B,L,H]
+    aux = torch.cat([out.hidden_states[k] for k in aux_layers], -1).detach() if aux_layers else None
     hidden = hidden_all.gather(1, pos.to(device)[..., None].expand(-1, -1, hidden_all.shape[-1]))  # [B,T,H]
     mask = completion_mask.to(device)
     head, rows, ids_flat = lm_head(model), hidden[mask], completion_ids.to(device)[mask]
@@ -78,7 +83,7 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], com
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, lp_flat)
     entropy = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, ent_flat)
     feats = Features(ids, hidden_all.detach(), attn.bool(), torch.tensor([len(p) for p in prompt_ids]),
-                     completion_mask.sum(-1))
+                     completion_mask.sum(-1), aux)
     return logprobs, entropy, feats
 
 

