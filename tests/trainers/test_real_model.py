@@ -35,9 +35,11 @@ def test_two_rl_steps_on_the_real_model_export_and_serve(tmp_path, launch):
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["num_hidden_layers"] == 30
     card = (export / "README.md").read_text()
-    assert "SmolLM2-135M-Instruct" in card and "speculative_config" in card
+    assert "SmolLM2-135M-Instruct" in card and '"method": "eagle3"' in card and "--speculative-algorithm EAGLE3" in card
     drafter = export / "drafter"
-    assert json.loads((drafter / "config.json").read_text())["num_hidden_layers"] == 1
+    dcfg = json.loads((drafter / "config.json").read_text())
+    assert dcfg["architectures"] == ["LlamaForCausalLMEagle3"] and dcfg["num_hidden_layers"] == 1
+    assert dcfg["draft_vocab_size"] == 2048  # smol_dler's drafter.train_vocab
 
     # the export as a user serves it: vLLM with the exported drafter, greedy, with and without speculation
     script = f"""
@@ -51,7 +53,7 @@ if __name__ == "__main__":
                for q in ("Calculate 4 + 3.", "Calculate 9 - 2 - 1.")]
     greedy = SamplingParams(temperature=0.0, max_tokens=24)
     kw = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 28, max_model_len=512)
-    spec = LLM({str(export)!r}, speculative_config={{"method": "eagle", "model": {str(drafter)!r},
+    spec = LLM({str(export)!r}, speculative_config={{"method": "eagle3", "model": {str(drafter)!r},
                "num_speculative_tokens": 4}}, disable_log_stats=False, **kw)
     a = [o.outputs[0].token_ids for o in spec.generate(prompts, greedy, use_tqdm=False)]
     m = spec.get_metrics()
