@@ -289,12 +289,13 @@ class DrafterPhase:
     def state_dict(self) -> dict:
         state = self.drafter.state_dict()
         if self.trigger is not None:
-            state["drift_reference"] = self.trigger.reference
+            state["drift_reference"], state["drift_floor"] = self.trigger.reference, self.trigger.floor
         return state
 
     def load_state_dict(self, state: dict, engine) -> None:
         if self.trigger is not None:
             self.trigger.reference = state.get("drift_reference")
+            self.trigger.floor = float(state.get("drift_floor", 0.0))
         self.drafter.load_state_dict(state)
         self._swap(engine)
 
