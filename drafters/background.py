@@ -111,12 +111,11 @@ class BackgroundDrafter:
                  temperature: float, seed: int = 0, final_norm: torch.Tensor | None = None, nice: int = 19) -> None:
         import torch.multiprocessing as mp
 
-        from drafters.online import new_head
+        from drafters.eagle3 import aux_layers
 
         self.cfg = cfg
         # an EAGLE-3 head's captured policy layers depend on the policy's depth only: known here, no worker call
-        self.feature_layers = tuple(getattr(new_head(cfg.method, policy_config, cfg.train_vocab), "aux_layers", ())
-                                    if cfg.method != "draft_model" else ())
+        self.feature_layers = aux_layers(int(policy_config["num_hidden_layers"])) if cfg.method == "eagle3" else ()
         ctx = mp.get_context("spawn")  # no fork of a process that holds a vLLM engine and OpenMP threads
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker, name="laconic-drafter", daemon=True,

@@ -108,7 +108,6 @@ class OnlineDrafter:
         else:
             self.model = new_head(cfg.method, policy_config, cfg.train_vocab)
         self.model.to(embed.device)
-        self.final_norm = None if final_norm is None else final_norm.detach()
         # an EAGLE-3 head's draft vocabulary is chosen once, from the rows' counts at the first training (fix_vocab)
         self.vocab_fixed = cfg.method != "eagle3" or self.model.full_vocab
         if cfg.method == "eagle3":
