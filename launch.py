@@ -83,12 +83,13 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def _run(cfg, yaml_text: str, local_rank: int | None) -> dict:
     from recipes.tasks.data import load_task
-    from trainers.run.checkpoint import check_resume
+    from trainers.run.checkpoint import check_resume, check_stop_at
     from trainers.run.console import say
     from trainers.run.runlog import preflight
 
     try:  # everything cheap is checked before a model is built or loaded
         check_resume(cfg.run.resume)
+        check_stop_at(cfg.trainer.stop_at, cfg.run.resume, cfg.run.output_dir)
     except ValueError as e:
         raise SystemExit(f"laconic: config error: {e}") from None
     try:
@@ -115,8 +116,13 @@ def _run(cfg, yaml_text: str, local_rank: int | None) -> dict:
         trainer.tracker.finish()
         raise SystemExit(f"laconic: run stopped at step {trainer.step}: {e}") from None
     if trainer.d.is_main:
-        say(_report(summary, trainer.run.path))
+        say(_stopped(summary) if "stopped_at" in summary else _report(summary, trainer.run.path))
     return summary
+
+
+def _stopped(summary: dict) -> str:
+    return (f"stopped after step {summary['stopped_at']} (trainer.stop_at) in {summary['wall_s']:.0f} s; checkpoint "
+            f"{summary['checkpoint']}; continue with run.resume=auto and the same run.output_dir")
 
 
 def command(name: str, argv: list[str]):

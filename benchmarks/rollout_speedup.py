@@ -117,7 +117,7 @@ def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
     bucket = spec.controller.bucket(b)
     return {"batch": b, "plain_tok_s": tp, "spec_tok_s": ts, "ratio": ts / tp,
             "mean_accept_len": 1 + accepted / drafts if drafts else 0.0, "spec_enabled_frac": enabled / calls,
-            "chosen_k": spec.controller.choice[bucket], "tokens": tot["spec"][1],
+            "chosen_k": spec.controller.effective(bucket), "tokens": tot["spec"][1],
             "controller_estimate": spec.controller.speedups().get(bucket, 1.0),
             "accept_per_position": per_pos}
 

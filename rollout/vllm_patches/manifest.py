@@ -18,7 +18,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Touch:
     symbol: str  # dotted path of the private vLLM symbol (a module attribute, class, method or operator)
-    patch: str  # which patch touches it: expand | coupled | gate | meter | handoff | reload | engine
+    patch: str  # which patch touches it: expand | coupled | gate | clock | meter | handoff | reload | engine
     action: str  # what is done to it (see the module docstring)
     attrs: tuple[str, ...] = ()  # instance attributes / fields read or written on objects of that class
     cpu_only: bool = False  # exists on vLLM-CPU builds only (checked only there)
@@ -86,6 +86,11 @@ MANIFEST: tuple[Touch, ...] = (
               "valid_sampled_token_count_event", "_draft_probs", "_draft_prob_req_ids")),
     Touch(f"{_RUNNER}._copy_valid_sampled_token_count", "gate", "called on a skipped step (GPU bookkeeping)"),
     Touch(f"{_PROPOSER}.prepare_next_token_ids_padded", "gate", "called on a skipped step (GPU bookkeeping)"),
+    # clock: the batch clock (every in-process engine)
+    Touch("vllm.v1.engine.core_client.InprocClient", "clock", "read: the in-process EngineCore", ("engine_core",)),
+    Touch("vllm.v1.engine.core.EngineCore", "clock", "step_fn (an instance attribute) wrapped by BatchClock.step",
+          ("step_fn", "scheduler")),
+    Touch("vllm.v1.core.sched.scheduler.Scheduler", "clock", "read", ("running", "waiting")),
     # meter: the step meter
     Touch("vllm.v1.engine.core_client.InprocClient", "meter", "read: the in-process EngineCore", ("engine_core",)),
     Touch("vllm.v1.engine.core.EngineCore", "meter", "step_fn (an instance attribute) wrapped by StepMeter.step",

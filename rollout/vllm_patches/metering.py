@@ -64,6 +64,33 @@ class DrafterGate:
         return torch.zeros((runner.input_batch.num_reqs, 0), dtype=torch.int32, device=runner.device)
 
 
+class BatchClock:
+    """Wall seconds of the engine core's steps, summed by how many requests the engine held when the step began
+    (running + waiting): where a rollout's time goes by batch size, the regime a drafter is judged in (the long
+    tail of a reasoning rollout keeps a few requests decoding for most of its wall time). Installed on every
+    in-process engine, with or without a drafter, so both arms of a comparison are measured alike; it reads two list
+    lengths and a clock per step.
+
+    :meth:`install` wraps the engine core's ``step_fn`` (the step meter, when there is one, wraps the clock)."""
+
+    def __init__(self, core) -> None:
+        self.core, self.scheduler = core, core.scheduler
+        self.seconds: dict[int, float] = {}  # requests in the engine -> seconds of steps, cumulative
+        self._stock_step = core.step_fn
+
+    def install(self) -> "BatchClock":
+        self.core.step_fn = self.step
+        return self
+
+    def step(self):
+        n = len(self.scheduler.running) + len(self.scheduler.waiting)
+        t0 = time.perf_counter()
+        out = self._stock_step()
+        if n:
+            self.seconds[n] = self.seconds.get(n, 0.0) + time.perf_counter() - t0
+        return out
+
+
 class StepMeter:
     """Wraps the in-process engine core's step: sets K for the coming step from the controller, and measures each
     step (batch size, K, tokens emitted, seconds) for it. Steps whose K = 0 is the controller's choice skip the
@@ -108,7 +135,7 @@ class StepMeter:
         batch = len(scheduler.running) + len(scheduler.waiting)
         size = max(1, min(batch, self.size - 1))
         k = controller.k_for(size)
-        skip = k == 0 and (controller.forced_off or controller.choice[controller.bucket(size)] == 0)
+        skip = k == 0 and (controller.forced_off or controller.effective(controller.bucket(size)) == 0)
         if self.stale and k > 0 and not controller.exploring(size):
             k, skip = 0, True
         self.gate.skip = skip

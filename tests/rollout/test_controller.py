@@ -69,6 +69,24 @@ def test_handoff_size_is_the_largest_batch_that_speculates():
     assert c.handoff_size(64) == 0 and c.k_for(1) == 0
 
 
+def test_a_bucket_below_a_speculating_one_speculates_so_a_shrinking_batch_never_restarts():
+    """Measured per-bucket choices K 2 / 0 / 0 / 4 / 1 at batch 1 / 2 / 4 / 8 / 16 (SmolLM2): run as chosen, a batch of
+    16 shrinking to 1 speculates, stops at 4, restarts at 1 after a hand-over of everything running. What runs
+    instead: 2 / 4 / 4 / 4 / 1, so the lookup goes from K > 0 to 0 at most once, at the large end."""
+    c = SpecController(k_max=4, buckets=[1, 2, 4, 8, 16, 32, 64], explore_every=0)
+    for b in (1, 2, 4, 8, 16, 32):  # measured buckets; 64 never ran and keeps the optimistic K = 4
+        c.samples[(b, 0)] = [0.01, 0.01]
+    c.choice.update({1: 2, 2: 0, 4: 0, 8: 4, 16: 1, 32: 0})
+    assert [c.effective(b) for b in c.buckets] == [2, 4, 4, 4, 1, 0, 4]  # an unmeasured 64 lends 32 nothing
+    lookup = c.lookup(40)
+    assert lookup[1:5] == [2, 4, 4, 4] and lookup[16] == 1 and lookup[17:33] == [0] * 16 and lookup[33] == 4
+    assert all(a > 0 for a in lookup[1:17])  # from 16 down to 1 it never stops speculating
+    assert c.k_for(3) == 4 and c.k_for(20) == 0
+    assert c.handoff_size(33) == 16  # a body at K = 0 (sizes 17..32) hands over when 16 are left
+    c.choice[16] = 0
+    assert c.handoff_size(33) == 8 and [c.effective(b) for b in c.buckets][:6] == [2, 4, 4, 4, 0, 0]
+
+
 def test_exploration_measures_every_k_and_state_round_trips():
     """Each exploration lasts two steps, so the second is measurable (its K equals the previous step's): a K that is
     faster than the current choice gets measured and chosen."""

@@ -234,3 +234,26 @@ def test_sigkill_during_a_checkpoint_save_resumes_from_the_previous_one(uninterr
     out, p = _killed_then_resumed(tmp_path, saving_step4)
     assert "resumed from" in p.stdout and "step_2" in p.stdout
     _same_run(uninterrupted, out)
+
+
+@pytest.mark.slow
+def test_stop_at_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    """``trainer.stop_at``: the run stops after that step with its checkpoint and none of the run's end (no summary,
+    no export), and resuming it gives the run that never stopped."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "launch.py", *RESUME, f"run.output_dir={out}"]
+    p = subprocess.run(argv + ["trainer.stop_at=3"], cwd=ROOT, env=shell_env(), capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stopped after step 3 (trainer.stop_at)" in p.stdout and "held-out accuracy" not in p.stdout
+    assert [m["step"] for m in _jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert not (out / "summary.json").exists() and not (out / "export").exists()
+    assert (out / "checkpoints" / "step_3" / "COMPLETE").exists()
+    again = subprocess.run(argv + ["trainer.stop_at=3", "run.resume=auto"], cwd=ROOT, env=shell_env(),
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 1 and "config error: trainer.stop_at=3: the run resumes at step 3" in again.stderr
+    p = subprocess.run(argv + ["run.resume=auto"], cwd=ROOT, env=shell_env(), capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "step_3" in p.stdout
+    _same_run(uninterrupted, out)

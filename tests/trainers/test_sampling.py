@@ -51,3 +51,33 @@ def test_idle_window_opens_once_after_the_ranks_last_round(base_model_dir, engin
     assert len(sample_calls) == (3 if dynamic else 1)
     assert rounds_at_idle == [len(sample_calls)]  # once, after the last round
     assert "idle" in timers.seconds and (sample.stats.get("rollout/sample_rounds") == 3 if dynamic else True)
+
+
+def test_the_batch_clock_splits_the_rollouts_time_by_requests_in_the_engine(base_model_dir, engine):
+    """Every generate call of a plain engine (no drafter) reports its engine-step seconds by how many requests the
+    engine held: all of them at the first step, fewer as completions end, never more; together they are the call's
+    time less what happens outside the engine's steps. The step's metrics turn them into the long tail's share."""
+    import time
+
+    from trainers.metrics import batch_time_metrics
+
+    cfg, _ = load("tiny_dler", [f"model.path={base_model_dir}", "rollout.max_tokens=200", "rollout.n=4",
+                                "trainer.prompts_per_step=4", "trainer.dynamic_sampling=false"])
+    train, _ = arith.make_splits(0, 32, 4)
+    sampler = Sampler(cfg, engine, AutoTokenizer.from_pretrained(base_model_dir),
+                      to_prompts(train, engine.tokenizer, cfg.data), rank=0, world_size=1)
+    t0 = time.perf_counter()
+    rounds = sampler.roll_out(1, Timers())
+    wall = time.perf_counter() - t0
+    sample = sampler.select(rounds)
+    assert len(sample.timing) == 1
+    seconds = sample.timing[0].seconds
+    lengths = sample.batch.num_tokens.tolist()
+    assert max(seconds) == 16 and min(seconds) >= 1
+    # the engine holds as many requests as have not finished: a size only occurs where a completion is that long
+    assert set(seconds) <= {sum(n > t for n in lengths) for t in range(max(lengths))}
+    assert 0.5 * wall < sample.timing[0].total() < wall
+    m = batch_time_metrics(sample.timing)
+    assert m["rollout/engine_s"] == pytest.approx(sample.timing[0].total())
+    assert 0.0 <= m["rollout/batch_le8_frac"] <= m["rollout/batch_le32_frac"] == pytest.approx(1.0)
+    assert m["rollout/batch_le8_frac"] == pytest.approx(sample.timing[0].at_most(8) / sample.timing[0].total())

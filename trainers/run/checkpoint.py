@@ -87,6 +87,17 @@ def resolve(resume: str, root: Path) -> Path | None:
     return path
 
 
+def check_stop_at(stop_at: int, resume: str, output_dir: str) -> None:
+    """``trainer.stop_at`` must lie after the step the run resumes from (a ValueError naming both, before any work)."""
+    if not stop_at or resume == "none":
+        return
+    ckpt = resolve(resume, Path(output_dir) / "checkpoints") if (resume != "auto" or output_dir) else None
+    m = _STEP_RE.match(ckpt.name) if ckpt is not None else None
+    if m and int(m.group(1)) >= stop_at:
+        raise ValueError(f"trainer.stop_at={stop_at}: the run resumes at step {m.group(1)} ({ckpt}), already past "
+                         "it; set a later trainer.stop_at, or 0 to run to trainer.max_steps")
+
+
 def check_resume(resume: str) -> None:
     """``run.resume`` naming a folder must name a complete checkpoint; checked before any work (a ValueError naming
     the field, with the newest complete checkpoint when the folder is a run folder or its ``checkpoints/``)."""
