@@ -44,6 +44,11 @@ class DrafterConfig:
     # optimizer steps after the last RL step on the replay window (the last steps' rollouts, no new ones), before the
     # final evaluation, checkpoint and export: the exported drafter is fitted to the final policy (0 = none)
     final_steps: int = 100
+    # > 0: the final fit trains in rounds of final_round_steps and stops once a round's top-1 agreement (on the rows it
+    # trained on) rose by less than this over the round before: the fit costs the run's time only while it buys
+    # agreement (acceptance follows it); 0 = all final_steps
+    final_min_gain: float = 0.0
+    final_round_steps: int = 25
     # training prompts rolled out (rollout.n each, outside the RL prompt stream, after the warm start's) with the final
     # policy for the final fit, added to the replay window, which grows to hold them (0 = the replay window only)
     final_prompts: int = 0
@@ -90,6 +95,10 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
                          f"has its own LM head, trained over the whole vocabulary)")
     if cfg.final_steps < 0:
         raise ValueError(f"drafter.final_steps={cfg.final_steps} must be >= 0 (0 = no final fit)")
+    if not 0.0 <= cfg.final_min_gain < 1.0:
+        raise ValueError(f"drafter.final_min_gain={cfg.final_min_gain} must lie in [0, 1) (0 = all final_steps)")
+    if cfg.final_round_steps < 1:
+        raise ValueError(f"drafter.final_round_steps={cfg.final_round_steps} must be >= 1")
     if cfg.final_prompts < 0:
         raise ValueError(f"drafter.final_prompts={cfg.final_prompts} must be >= 0 (0 = the replay window only)")
     if cfg.warmup_max_tokens < 0:

@@ -201,6 +201,30 @@ def test_length_instruction_build_keeps_the_default_key_and_states_each_trace_le
 
 
 @pytest.mark.unit
+def test_a_long_tail_build_gives_reasoning_rls_length_shape():
+    """``tail_share``: that share of traces re-checks ``tail_rechecks`` times, the rest is the default build's, and the
+    lengths come out as reasoning RL's: p99 / median >= 10. The default key is untouched."""
+    from recipes.tasks import arith
+    from recipes.tasks import base_model as bm
+
+    assert bm.build_key(bm.build_params(0, tail_share=0.0)) == bm.build_key(bm.build_params(0))
+    params = bm.build_params(0, tail_share=0.04, tail_rechecks=[18, 34])
+    assert bm.build_key(params) != bm.build_key(bm.build_params(0))
+    for bad in (dict(tail_share=1.0), dict(tail_rechecks=[6, 10]), dict(tail_rechecks=[20, 18])):
+        with pytest.raises(ValueError, match="tail_"):
+            bm.build_params(0, **bad)
+    train, _ = arith.make_splits(0, 4000, 4)
+    plain, rows = bm.sft_rows(train, 0), bm.sft_rows(train, 0, None, params)
+    tail = [r for r, p in zip(rows, plain) if r != p]
+    assert 0.03 < len(tail) / len(rows) < 0.05
+    assert all(18 <= r["completion"].count("Let me double-check") <= 34 for r in tail)
+    assert all(r["completion"].count("Let me double-check") <= arith.MAX_RECHECKS for r in rows if r not in tail)
+    lengths = sorted(len(r["completion"]) for r in rows)  # characters = tokens of the character-level tokenizer
+    assert lengths[int(0.99 * len(lengths))] >= 10 * lengths[len(lengths) // 2]
+    assert bm.sft_rows(train[:50], 0, None, params) == rows[:50]  # per-row draws
+
+
+@pytest.mark.unit
 def test_cache_root_honours_env(monkeypatch, tmp_path):
     from recipes.tasks import base_model as bm
 

@@ -218,15 +218,33 @@ class DrafterPhase:
                 n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, seed=self.seed * 7_717 + 29), slots)
             rollout_s, features_s = t1 - t, t2 - t1
         self.drafter.set_policy_tensors(*self.policy_tensors())
-        stats = self.drafter.train(budget_s=float("inf"), max_steps=c.final_steps)
+        stats, rounds = self._fit_while_it_gains() if c.final_min_gain > 0 else (
+            self.drafter.train(budget_s=float("inf"), max_steps=c.final_steps), [])
         if self.world_size > 1:
             self.drafter.average_with(distributed.all_sum, float(stats.steps))
         self._swap(engine)
-        self.final_stats = {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
+        self.final_stats = {"drafter/final_rounds_top1": rounds} if rounds else {}
+        self.final_stats |= {"drafter/final_steps": late + stats.steps, "drafter/final_train_s": stats.train_s,
                             "drafter/final_top1": stats.top1_agreement, "drafter/final_rows": rows,
                             "drafter/final_rollout_s": rollout_s, "drafter/final_features_s": features_s,
                             "drafter/final_s": time.perf_counter() - t0}
         return self.final_stats
+
+    def _fit_while_it_gains(self) -> tuple[DrafterStats, list[float]]:
+        """``drafter.final_min_gain``: rounds of ``final_round_steps`` until a round's top-1 agreement rose by less
+        than the gain over the round before (or ``final_steps`` are spent) -> (all rounds as one, each round's
+        top-1). At least two rounds: the first is the level the comparison starts from."""
+        c = self.cfg
+        total, rounds = DrafterStats(0.0, 0.0, 0.0), []
+        while total.steps < c.final_steps:
+            s = self.drafter.train(budget_s=float("inf"), max_steps=min(c.final_round_steps, c.final_steps - total.steps))
+            if not s.steps:
+                break
+            total = total.plus(s)
+            rounds.append(s.top1_agreement)
+            if len(rounds) > 1 and rounds[-1] - rounds[-2] < c.final_min_gain:
+                break
+        return total, rounds
 
     def summary(self, engine, eval_prompts: list[Prompt], step_metrics: list[dict]) -> dict:
         """``summary.json``'s ``drafter`` section: method, version, sampling mode, acceptance (engine-wide, and over
@@ -287,7 +305,7 @@ class DrafterPhase:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        state = self.drafter.state_dict()
+        state = self.drafter.state_dict() | {"warmup_stats": self.warmup_stats, "started_from": self.init_from}
         if self.trigger is not None:
             state["drift_reference"], state["drift_floor"] = self.trigger.reference, self.trigger.floor
         return state
@@ -297,6 +315,10 @@ class DrafterPhase:
             self.trigger.reference = state.get("drift_reference")
             self.trigger.floor = float(state.get("drift_floor", 0.0))
         self.drafter.load_state_dict(state)
+        # the run's own warm start and start stay in its summary: a resumed run does not warm-start again (and with
+        # drafter.init=cache it finds the cache its first part built)
+        self.warmup_stats = state.get("warmup_stats", self.warmup_stats)
+        self.init_from = state.get("started_from", self.init_from)
         self._swap(engine)
 
     def close(self) -> None:

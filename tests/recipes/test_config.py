@@ -66,6 +66,11 @@ def test_unknown_recipe_suggests():
     (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     (["rollout.temperature=0"], "rollout.temperature"),
     (["data.train_rows=-1"], "data.train_rows"),
+    (["trainer.stop_at=30"], "trainer.stop_at"),
+    (["trainer.stop_at=-1"], "trainer.stop_at"),
+    (["tiny_base.tail_share=1.0"], "tiny_base.tail_share"),
+    (["tiny_base.tail_rechecks=[3, 9]"], "tiny_base.tail_rechecks"),
+    (["tiny_base.context=64"], "tiny_base.context"),
 ])
 def test_impossible_combinations_name_fields(overrides, field):
     cfg, _ = load("tiny_grpo", overrides)
@@ -149,4 +154,11 @@ def test_drafter_warmup_cap_is_checked_before_any_rollout(value, msg):
 def test_drafter_final_fit_sizes_are_checked(key):
     cfg, _ = load("tiny_dler", [f"drafter.{key}=-1"])
     with pytest.raises(ValueError, match=rf"drafter\.{key}=-1 must be >= 0"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("key,value", [("final_min_gain", "-0.1"), ("final_min_gain", "1.0"), ("final_round_steps", "0")])
+def test_drafter_final_fit_rule_is_checked(key, value):
+    cfg, _ = load("tiny_dler", [f"drafter.{key}={value}"])
+    with pytest.raises(ValueError, match=rf"drafter\.{key}={value}"):
         validate(cfg)

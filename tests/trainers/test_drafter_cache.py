@@ -61,13 +61,19 @@ def test_a_second_run_starts_from_the_cached_drafter(base_model_dir, tmp_path, r
             "data.n_eval=8", "eval.samples=1", "eval.max_tokens=64", "rollout.kv_cache_memory_bytes=134217728",
             "drafter.warmup_steps=20", "drafter.warmup_prompts=8", "drafter.final_steps=0", "drafter.report_calls=0",
             "logging.wandb=false", "logging.progress=false"]
-    for name, more in (("first", []), ("second", ["drafter.train_when=drift"])):  # the trigger is not in the key
+    # neither the trigger nor the final fit's rule is in the key; the second run's final fit stops after two rounds
+    # of 10 steps (no round of training raises top-1 agreement by 0.5), not at its 40 steps
+    second_more = ["drafter.train_when=drift", "drafter.final_steps=40", "drafter.final_min_gain=0.5",
+                   "drafter.final_round_steps=10"]
+    for name, more in (("first", []), ("second", second_more)):
         run_cmd(argv + more + [f"run.output_dir={tmp_path / name}"], LACONIC_CACHE=str(cache))
     (entry,) = list((cache / "drafters").iterdir())
     assert (entry / "COMPLETE").is_file() and json.loads((entry / "warm_start.json").read_text())["steps"] == 20
     first, second = (json.loads((tmp_path / n / "summary.json").read_text())["drafter"] for n in ("first", "second"))
     assert first["drafter/warmup_steps"] == 20 and first["drafter/warmup_s"] > 0
     assert second["drafter/warmup_steps"] == 0 and second["drafter/warmup_s"] == 0.0
+    assert second["drafter/final_steps"] == 20 and len(second["drafter/final_rounds_top1"]) == 2
+    assert "drafter/final_rounds_top1" not in first
     cached = load_file(entry / "model.safetensors")
     v0 = load_file(tmp_path / "second" / "drafter" / "rank0" / "v0" / "model.safetensors")
     assert set(v0) == set(cached) and all(torch.equal(v0[k], cached[k]) for k in cached)
