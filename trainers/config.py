@@ -238,9 +238,11 @@ def _validate_tiny_base(tb: TinyBaseConfig) -> None:
         raise ValueError(f"tiny_base.sft_steps={tb.sft_steps} must be >= 0 (0 = the build's default)")
     if not 0.0 <= tb.tail_share < 1.0:
         raise ValueError(f"tiny_base.tail_share={tb.tail_share} must lie in [0, 1)")
-    if len(tb.tail_rechecks) != 2 or not 6 < tb.tail_rechecks[0] <= tb.tail_rechecks[1]:
-        raise ValueError(f"tiny_base.tail_rechecks={tb.tail_rechecks} must be [min, max] with 6 < min <= max (the "
-                         "body re-checks 0-6 times)")
+    from recipes.tasks.arith import MAX_RECHECKS
+
+    if len(tb.tail_rechecks) != 2 or not MAX_RECHECKS < tb.tail_rechecks[0] <= tb.tail_rechecks[1]:
+        raise ValueError(f"tiny_base.tail_rechecks={tb.tail_rechecks} must be [min, max] with {MAX_RECHECKS} < min <= "
+                         f"max (the body re-checks 0-{MAX_RECHECKS} times)")
     if tb.context and tb.context < 128:
         raise ValueError(f"tiny_base.context={tb.context} must be >= 128 (or 0: the build's default, 512)")
     if not 0.0 <= tb.length_instructions <= 1.0:

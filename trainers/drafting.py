@@ -237,7 +237,8 @@ class DrafterPhase:
         c = self.cfg
         total, rounds = DrafterStats(0.0, 0.0, 0.0), []
         while total.steps < c.final_steps:
-            s = self.drafter.train(budget_s=float("inf"), max_steps=min(c.final_round_steps, c.final_steps - total.steps))
+            steps = min(c.final_round_steps, c.final_steps - total.steps)
+            s = self.drafter.train(budget_s=float("inf"), max_steps=steps)
             if not s.steps:
                 break
             total = total.plus(s)

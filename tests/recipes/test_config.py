@@ -157,7 +157,8 @@ def test_drafter_final_fit_sizes_are_checked(key):
         validate(cfg)
 
 
-@pytest.mark.parametrize("key,value", [("final_min_gain", "-0.1"), ("final_min_gain", "1.0"), ("final_round_steps", "0")])
+@pytest.mark.parametrize("key,value", [("final_min_gain", "-0.1"), ("final_min_gain", "1.0"),
+                                       ("final_round_steps", "0")])
 def test_drafter_final_fit_rule_is_checked(key, value):
     cfg, _ = load("tiny_dler", [f"drafter.{key}={value}"])
     with pytest.raises(ValueError, match=rf"drafter\.{key}={value}"):
