@@ -1,7 +1,7 @@
 """Rollout speed with and without the online-trained drafter, side by side in one run.
 
     python benchmarks/rollout_speedup.py [--run RUN_FOLDER] [--prompts 64] [--batch-sizes 1,4,16,64] [--compiled]
-                                         [--json PATH]
+                                         [--n 8] [--lookup [--lookup-history]] [--json PATH]
 
 One policy checkpoint (``--run``: the run's exported policy and its drafter, on the run's own held-out prompts, in its
 chat template for a real model such as ``smol_dler``'s; default: the embedded base model and a drafter with the
@@ -19,7 +19,9 @@ requests (seen: after the batch-64 calibration, K = 1 chosen at batch 4 and 1.25
 the ratio, the mean acceptance length, the K the controller settled on and the calibration calls it took;
 ``--json PATH`` writes the same numbers. ``--compiled`` builds both engines with ``enforce_eager=False`` (vLLM's
 torch.compile of target and drafter, ~15 s more per engine start) instead of the project's eager default: plain
-decoding gains more from it than speculation does, so the ratio is lower there (benchmarks/README.md).
+decoding gains more from it than speculation does, so the ratio is lower there (benchmarks/README.md). ``--lookup``
+adds a third engine drafting by lookup alone (no trained head: ``drafter.method=lookup``), measured in the same
+alternation; ``--n 8`` makes each call GRPO-shaped (8 samples of each prompt, the siblings a lookup drafts from).
 """
 from __future__ import annotations
 
@@ -93,33 +95,52 @@ def _warm_drafter(model_dir: str, engine, prompts, args):
     return drafter.export(Path(args.workdir) / "drafter")
 
 
-def _measure(plain, spec, prompts, b: int, args, min_calls: int = 1) -> dict:
+def _calls(prompts, b: int, args, passes: int, pass0: int = 0):
+    """-> [(prompts of the call, its SamplingSpec)]: calls of b requests, ``min(--n, b)`` samples of each prompt
+    (GRPO's siblings when --n > 1), every prompt once per pass with a fresh seed each pass."""
     from rollout.types import SamplingSpec
 
-    tot = {"plain": [0.0, 0], "spec": [0.0, 0]}
-    drafts = accepted = enabled = calls = 0
-    per_pos0 = _per_position(spec)
-    passes = max(1, -(-min_calls * b // len(prompts)))  # every prompt once per pass, a fresh seed each pass
-    for p, s in itertools.product(range(passes), range(0, len(prompts), b)):
-        chunk = prompts[s:s + b]
-        sample = SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
-                              seed=args.seed * 1000 + s + 10**6 * p)
-        for name, eng in (("plain", plain), ("spec", spec)):
+    n = min(args.n, b)
+    per = max(1, b // n)
+    out = []
+    for p, s in itertools.product(range(pass0, pass0 + passes), range(0, len(prompts), per)):
+        out.append((prompts[s:s + per], SamplingSpec(n=n, max_tokens=args.max_tokens, temperature=args.temperature,
+                                                     seed=args.seed * 1000 + s + 10**6 * p)))
+    return out
+
+
+def _measure(plain, arms: dict, prompts, b: int, args, min_calls: int = 1) -> dict:
+    """Calls of b requests made alternately on the plain engine and each speculating engine of ``arms`` (name ->
+    engine). -> the row: plain tokens/s, and per arm its tokens/s, ratio, acceptance, K and controller estimate."""
+    tot = {name: [0.0, 0] for name in ["plain", *arms]}
+    counts = {name: [0, 0, 0.0, 0] for name in arms}  # drafts, accepted, enabled fraction summed, calls
+    per_pos0 = {name: _per_position(eng) for name, eng in arms.items()}
+    passes = max(1, -(-min_calls * b // (len(prompts) * min(args.n, b))))
+    for chunk, sample in _calls(prompts, b, args, passes):
+        for name, eng in (("plain", plain), *arms.items()):
             t0 = time.perf_counter()
             out = eng.generate(chunk, sample)
             tot[name][0] += time.perf_counter() - t0
             tot[name][1] += int(out.num_tokens.sum())
-            if name == "spec":
-                drafts, accepted = drafts + out.spec.drafts, accepted + out.spec.accepted_tokens
-                enabled, calls = enabled + out.spec.enabled_frac, calls + 1
-    tp, ts = tot["plain"][1] / tot["plain"][0], tot["spec"][1] / tot["spec"][0]
-    per_pos = [(a - b) / drafts if drafts else 0.0 for a, b in zip(_per_position(spec), per_pos0)]
-    bucket = spec.controller.bucket(b)
-    return {"batch": b, "plain_tok_s": tp, "spec_tok_s": ts, "ratio": ts / tp,
-            "mean_accept_len": 1 + accepted / drafts if drafts else 0.0, "spec_enabled_frac": enabled / calls,
-            "chosen_k": spec.controller.effective(bucket), "tokens": tot["spec"][1],
-            "controller_estimate": spec.controller.speedups().get(bucket, 1.0),
-            "accept_per_position": per_pos}
+            if name in arms:
+                c = counts[name]
+                c[0], c[1], c[2], c[3] = (c[0] + out.spec.drafts, c[1] + out.spec.accepted_tokens,
+                                          c[2] + out.spec.enabled_frac, c[3] + 1)
+    tp = tot["plain"][1] / tot["plain"][0]
+    row = {"batch": b, "plain_tok_s": tp}
+    for name, eng in arms.items():
+        drafts, accepted, enabled, calls = counts[name]
+        ts = tot[name][1] / tot[name][0]
+        per_pos = [(a - z) / drafts if drafts else 0.0 for a, z in zip(_per_position(eng), per_pos0[name])]
+        bucket = eng.controller.bucket(b)
+        pre = "" if name == "spec" else f"{name}_"
+        row |= {f"{pre}spec_tok_s": ts, f"{pre}ratio": ts / tp,
+                f"{pre}mean_accept_len": 1 + accepted / drafts if drafts else 0.0,
+                f"{pre}spec_enabled_frac": enabled / calls, f"{pre}chosen_k": eng.controller.effective(bucket),
+                f"{pre}tokens": tot[name][1],
+                f"{pre}controller_estimate": eng.controller.speedups().get(bucket, 1.0),
+                f"{pre}accept_per_position": per_pos}
+    return row
 
 
 def _calibrate(spec, prompts, b: int, args, max_passes: int = 4) -> int:
@@ -127,14 +148,11 @@ def _calibrate(spec, prompts, b: int, args, max_passes: int = 4) -> int:
     settled, as a trainer's engine is after its first rollouts) -- at most ``max_passes`` passes over the prompts.
     -> calls made. Measuring while it still explores every 8th step would count its learning (15% of the steps
     off the chosen K at batch 4) as the steady state."""
-    from rollout.types import SamplingSpec
-
     calls = 0
-    for p, s in itertools.product(range(max_passes), range(0, len(prompts), b)):
+    for chunk, sample in _calls(prompts, b, args, max_passes, pass0=100):
         if calls and spec.controller.settled(b):
             break
-        spec.generate(prompts[s:s + b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
-                                                      seed=args.seed * 1000 + s + 10**6 * (p + 100)))
+        spec.generate(chunk, sample)
         calls += 1
     return calls
 
@@ -143,10 +161,8 @@ def _warm(plain, prompts, b: int, args) -> None:
     """One uncounted call of b prompts on the engine without speculation, as calibration is for the other: an
     engine's first generate call pays one-time costs (measured: its first forward 1.5 s, later prefills 8 ms), which
     would otherwise land in the first batch size's plain time and inflate that ratio."""
-    from rollout.types import SamplingSpec
-
-    plain.generate(prompts[:b], SamplingSpec(n=1, max_tokens=args.max_tokens, temperature=args.temperature,
-                                             seed=args.seed * 1000 + 10**6 * 99))
+    chunk, sample = _calls(prompts, b, args, 1, pass0=99)[0]
+    plain.generate(chunk, sample)
 
 
 def _per_position(engine) -> list[int]:
@@ -175,6 +191,15 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench-rollout-speedup")
     ap.add_argument("--compiled", action="store_true",
                     help="both engines with rollout.enforce_eager=false (torch.compile) instead of the eager default")
+    ap.add_argument("--n", type=int, default=1,
+                    help="samples of each prompt in a call (GRPO's group: siblings a lookup drafts from); a call of b "
+                         "requests holds b / min(n, b) prompts")
+    ap.add_argument("--lookup", action="store_true",
+                    help="a third engine drafting by lookup alone (drafter.method=lookup: no trained head), beside")
+    ap.add_argument("--lookup-history", action="store_true",
+                    help="the lookup engine also drafts from earlier calls' completions of the same prompt (the "
+                         "benchmark repeats its prompts, which would flatter it; an RL run sees a prompt again only "
+                         "in a later epoch); default: its own text and its call's siblings only")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -201,15 +226,22 @@ def main() -> None:
     plain = VLLMEngine(model_dir, rc, seed=args.seed)
     if drafter is None:
         drafter = _warm_drafter(model_dir, plain, prompts, args)
-    spec = VLLMEngine(model_dir, rc, seed=args.seed, drafter=drafter)
+    arms = {"spec": VLLMEngine(model_dir, rc, seed=args.seed, drafter=drafter)}
+    if args.lookup:
+        from drafters.types import DrafterExport
+
+        arms["lookup"] = VLLMEngine(model_dir, replace(rc, lookup_history=args.lookup_history), seed=args.seed,
+                                    drafter=DrafterExport("lookup", drafter.num_speculative_tokens, "", 0))
+    spec = arms["spec"]
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     rows_out = []
     for b in sizes:  # calibrate right before measuring: a batch size's tails would skew the next one's acceptance
-        calls = _calibrate(spec, prompts, b, args)
+        calls = {name: _calibrate(eng, prompts, b, args) for name, eng in arms.items()}
         _warm(plain, prompts, b, args)
-        rows_out.append(_measure(plain, spec, prompts, b, args, args.min_calls) | {"calibration_calls": calls})
+        row = _measure(plain, arms, prompts, b, args, args.min_calls) | {"calibration_calls": calls["spec"]}
+        rows_out.append(row | ({"lookup_calibration_calls": calls["lookup"]} if args.lookup else {}))
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
-          f"{len(prompts)} prompts, T={args.temperature:g}, max {args.max_tokens} tokens, "
+          f"{len(prompts)} prompts x {args.n} per call, T={args.temperature:g}, max {args.max_tokens} tokens, "
           f"{'compiled' if args.compiled else 'eager'} engines")
     print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
           f"{'K':>3} {'calib':>5}  acceptance per draft position")
@@ -220,9 +252,20 @@ def main() -> None:
               f"{r['calibration_calls']:>5}  {pos}")
     print("est.: the speculation controller's own decode-step goodput estimate for that batch size (a training "
           "run keeps it in summary.json as drafter.speedup_by_batch), beside the measured ratio")
+    if args.lookup:
+        print(f"\nlookup drafts alone (no trained head; history of earlier calls: {args.lookup_history})")
+        print(f"{'batch':>6} {'no spec tok/s':>14} {'lookup tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
+              f"{'K':>3} {'calib':>5}  acceptance per draft position")
+        for r in rows_out:
+            pos = " ".join(f"{x:.2f}" for x in r["lookup_accept_per_position"])
+            print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['lookup_spec_tok_s']:>14.1f} "
+                  f"{r['lookup_ratio']:>6.2f}x {r['lookup_controller_estimate']:>5.2f}x "
+                  f"{r['lookup_mean_accept_len']:>11.2f} {r['lookup_chosen_k']:>3} "
+                  f"{r['lookup_calibration_calls']:>5}  {pos}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path,
-                                               "compiled": args.compiled, "rows": rows_out}, indent=2))
+        Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "n": args.n,
+                                               "compiled": args.compiled, "lookup": args.lookup,
+                                               "lookup_history": args.lookup_history, "rows": rows_out}, indent=2))
 
 
 if __name__ == "__main__":

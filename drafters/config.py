@@ -9,7 +9,8 @@ class DrafterConfig:
     enabled: bool = False  # train a drafter online and speculate with it in the rollout engine
     # eagle (EAGLE-1: one decoder layer on the policy's final hidden state) | eagle3 (EAGLE-3: one layer on three of the
     # policy's layer outputs, its own LM head over a draft vocabulary of train_vocab tokens; policies of >= 7 layers)
-    # | draft_model (small draft LM)
+    # | draft_model (small draft LM) | lookup (no head: drafts looked up in the request's own text, its siblings' and
+    # earlier completions of its prompt, rollout/lookup.py; nothing is trained, warmed up or exported)
     method: str = "eagle"
     num_speculative_tokens: int = 4  # the most tokens proposed per round; the controller picks K <= this per batch size
     lr: float = 3e-3  # drafter AdamW learning rate
@@ -73,7 +74,9 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
     context, which bounds the warm start's cap. Raises ValueError naming the field."""
     from laconic.registry import one_of
 
-    one_of("drafter.method", cfg.method, ("eagle", "eagle3", "draft_model"))
+    one_of("drafter.method", cfg.method, ("eagle", "eagle3", "draft_model", "lookup"))
+    if cfg.method == "lookup" and cfg.init:
+        raise ValueError(f"drafter.init={cfg.init!r}: drafter.method=lookup has no weights to start from")
     one_of("drafter.train_when", cfg.train_when, ("always", "drift"))
     if not 0 < cfg.drift_tolerance < 1:
         raise ValueError(f"drafter.drift_tolerance={cfg.drift_tolerance} must lie in (0, 1)")

@@ -28,6 +28,11 @@ class RolloutConfig:
     # vLLM's rejection sampling (lossless in distribution; which sample a seed gives depends on the drafts);
     # "auto" = coupled on CPU, rejection on GPU (whose sampler draws its noise differently)
     spec_sampling: str = "auto"
+    # lookup drafts (drafter.method=lookup): the longest and shortest n-gram of a request's last tokens looked up in
+    # its own text, its siblings' and earlier completions of its prompt (rollout/lookup.py)
+    lookup_max_n: int = 4
+    lookup_min_n: int = 2
+    lookup_history: bool = True  # also look up earlier completions of the prompt (False: only while one runs)
 
 
 def validate(cfg: RolloutConfig) -> None:
@@ -44,5 +49,8 @@ def validate(cfg: RolloutConfig) -> None:
                          "exploration lasts two steps)")
     if cfg.spec_sampling not in ("auto", "coupled", "rejection"):
         raise ValueError(f"rollout.spec_sampling={cfg.spec_sampling!r} must be 'auto', 'coupled' or 'rejection'")
+    if not 1 <= cfg.lookup_min_n <= cfg.lookup_max_n:
+        raise ValueError(f"rollout.lookup_min_n={cfg.lookup_min_n} / rollout.lookup_max_n={cfg.lookup_max_n} must "
+                         "satisfy 1 <= lookup_min_n <= lookup_max_n")
     if cfg.spec_handoff_max < 0:
         raise ValueError(f"rollout.spec_handoff_max={cfg.spec_handoff_max} must be >= 0 (0 = never hand over)")

@@ -81,7 +81,10 @@ class VLLMEngine:
         k = drafter.num_speculative_tokens
         self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
                                          self.cfg.spec_adaptive else 0)
-        self.patches = install(self.llm, controller=self.controller, coupled=self.spec_sampling == "coupled")
+        lookup = ((self.cfg.lookup_min_n, self.cfg.lookup_max_n, self.cfg.lookup_history) if drafter.method == "lookup"
+                  else None)
+        self.patches = install(self.llm, controller=self.controller, coupled=self.spec_sampling == "coupled",
+                               lookup=lookup)
         self.lossless, self.meter = self.patches.lossless, self.patches.meter
         if self.lossless == "broken" and self.cfg.temperature > 0:
             self.controller.forced_off = True  # speculative sampling would be off-distribution: never use it
@@ -113,7 +116,14 @@ class VLLMEngine:
             # (set only while the engine is built, see __init__: a stray RANK would later tell other libraries,
             # e.g. accelerate, that a launcher started this process)
             kwargs["distributed_executor_backend"] = "external_launcher"
-        if drafter is not None:
+        if drafter is not None and drafter.method == "lookup":  # no head: vLLM's public custom-proposer method
+            k = drafter.num_speculative_tokens
+            kwargs["speculative_config"] = {
+                "method": "custom_class", "model": "rollout.lookup.LookupProposer", "num_speculative_tokens": k,
+                "num_speculative_tokens_per_batch_size": [(1, 1 << 20, k)],
+            }
+            kwargs["disable_log_stats"] = False
+        elif drafter is not None:
             k = drafter.num_speculative_tokens
             kwargs["speculative_config"] = {
                 "method": drafter.method, "model": drafter.path, "num_speculative_tokens": k,
@@ -140,7 +150,7 @@ class VLLMEngine:
                 ))
                 index.append(i)
         before, clock0 = self._spec_counters(), self._clock()
-        if self.meter is None or not self.cfg.spec_handoff:
+        if self.meter is None or not self.cfg.spec_handoff or self.patches.gate.stateless:  # no KV: no hand-off
             outs = [_Completion.of(o.outputs[0], self.cfg.logprobs)
                     for o in self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)]
             handed = 0
@@ -276,6 +286,8 @@ class VLLMEngine:
         """Hot-swap new drafter weights (same method and shape as the engine was built with) into the live engine."""
         if self.drafter is None:
             raise RuntimeError("this engine was built without a drafter: pass one to VLLMEngine(drafter=...)")
+        if self.drafter.method == "lookup":
+            raise ValueError("this engine drafts by lookup (drafter.method=lookup): it has no drafter weights to load")
         if export.method != self.drafter.method:
             raise ValueError(f"drafter method {export.method!r} differs from the engine's {self.drafter.method!r}")
         self.patches.reload_drafter(export.path)

@@ -409,6 +409,21 @@ def fit_on_rollouts(drafter: OnlineDrafter, model: torch.nn.Module, batch, steps
     return drafter.train(budget_s=float("inf"), max_steps=steps)
 
 
+def lookup_summary(cfg: Config, engine, eval_prompts: list[Prompt], step_metrics: list[dict]) -> dict:
+    """``summary.json``'s ``drafter`` section for lookup drafts (``drafter.method=lookup``): what
+    :meth:`DrafterPhase.summary` reports of a trained drafter, less what a lookup has not (version, warm start, final
+    fit)."""
+    c, r = cfg.drafter, cfg.rollout
+    out = {"method": "lookup", "lossless": engine.lossless, "sampling": engine.spec_sampling,
+           "lookup_n": [r.lookup_min_n, r.lookup_max_n], "mean_accept_len": engine.spec_total().mean_accept_len,
+           "train_accept_len": train_accept_len(step_metrics), "speedup_by_batch": engine.controller.speedups()}
+    t0 = time.perf_counter()
+    measured = measure_speedup(engine, eval_prompts, c.report_batch_sizes, c.report_calls, r.max_tokens,
+                               r.temperature, cfg.run.seed)
+    return out | {"measured_speedup": measured, "measured_max_tokens": r.max_tokens, "measured_calls": c.report_calls,
+                  "measure_s": time.perf_counter() - t0}
+
+
 def measure_speedup(engine, prompts: list[Prompt], batch_sizes: list[int], calls: int, max_tokens: int,
                     temperature: float, seed: int) -> dict:
     """The drafter's speedup as a user of the run's engine gets it: for each batch size b, ``calls`` generate calls of

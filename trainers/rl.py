@@ -88,7 +88,8 @@ class Trainer:
                                       self.d.world_size, grad_accum)
         reference = Reference(model_path, cfg, self.d.device, self.policy.module) if cfg.algo.kl_coef > 0 else None
         self.drafting = None
-        if cfg.drafter.enabled:
+        lookup = cfg.drafter.enabled and cfg.drafter.method == "lookup"  # drafts need no head: nothing to train
+        if cfg.drafter.enabled and not lookup:
             from trainers.drafting import DrafterPhase
 
             self.drafting = DrafterPhase(cfg, model_path, self.policy, self.run.path / "drafter" / f"rank{self.d.rank}",
@@ -96,8 +97,12 @@ class Trainer:
         self.updater = Updater(cfg, self.policy, self.pad_id, self.critic, reference,
                                want_features=self.drafting is not None,
                                feature_layers=self.drafting.feature_layers if self.drafting else ())
-        self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed,
-                                  drafter=self.drafting.export if self.drafting else None)
+        drafter = self.drafting.export if self.drafting else None
+        if lookup:
+            from drafters.types import DrafterExport
+
+            drafter = DrafterExport("lookup", cfg.drafter.num_speculative_tokens, "", 0)
+        self.rollout = VLLMEngine(model_path, cfg.rollout, seed=cfg.run.seed, drafter=drafter)
         if cfg.logging.progress and self.d.is_main:  # a bar per rollout and evaluation, on the terminal
             self.rollout.show_progress = console.progress_bar
         self.sampler = Sampler(cfg, self.rollout, self.tokenizer, to_prompts(task.train, self.tokenizer, cfg.data),
@@ -204,7 +209,7 @@ class Trainer:
         m, generated = step_metrics(ctx, sample, sums, timers)
         self.tokens_total += int(generated)
         m |= sample.stats | self.sync_stats | drafter_stats | batch_time_metrics(sample.timing)
-        if self.drafting is not None:
+        if self.rollout.drafter is not None:
             m |= spec_metrics(sample.spec)
         return m
 
@@ -342,6 +347,11 @@ class Trainer:
         if self.drafting is not None:
             steps = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step]
             summary["drafter"] = self.drafting.summary(self.rollout, self.eval_prompts, steps)
+        elif self.rollout.drafter is not None:  # lookup drafts
+            from trainers.drafting import lookup_summary
+
+            steps = [m for m in self.run.read_jsonl("metrics.jsonl") if m["step"] <= self.step]
+            summary["drafter"] = lookup_summary(self.cfg, self.rollout, self.eval_prompts, steps)
         weights = dict(self.policy.iter_hf_weights())  # every rank takes part in the ZeRO-3 gathers
         if self.d.is_main:
             self.run.write_summary(summary)

@@ -16,6 +16,7 @@ The patches (each installed on this engine's instances, except the process-wide 
 - ``coupled`` (:mod:`.coupled`): coupled speculative sampling (``rollout.spec_sampling=coupled``, CPU only);
 - ``gate`` / ``meter`` (:mod:`.metering`): the drafter gate and the step meter that apply the controller's K;
 - ``clock`` (:mod:`.metering`): step seconds by batch size, on every in-process engine (drafter or not);
+- ``lookup``: binds :class:`rollout.lookup.LookupProposer` (vLLM's public ``custom_class`` method) to the runner;
 - ``handoff`` / ``reload`` / ``engine`` (:mod:`.internals`): reads and calls that replace nothing.
 
 vLLM is imported inside functions only: this package imports without it.
@@ -148,31 +149,36 @@ def missing_attrs(touch: Touch) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------- install
-def _needed(speculation: bool, coupled: bool, cuda: bool, clock: bool = False) -> list[Touch]:
+def _needed(speculation: bool, coupled: bool, cuda: bool, clock: bool = False,
+            lookup: tuple | None = None) -> list[Touch]:
     groups = {"engine"} | ({"expand", "gate", "meter", "handoff", "reload"} if speculation else set())
     if clock:
         groups.add("clock")
+    if lookup is not None:
+        groups.add("lookup")
     if coupled:
         groups.add("coupled")
     return [t for t in MANIFEST if t.patch in groups and not (t.cpu_only and cuda)]
 
 
-def install(llm, *, controller: SpecController | None = None, coupled: bool = False) -> "Patches":
+def install(llm, *, controller: SpecController | None = None, coupled: bool = False,
+            lookup: tuple | None = None) -> "Patches":
     """Patch one live ``vllm.LLM`` (in-process engine) and return the handle to it.
 
     Order, each step only after the one before succeeded: (1) the vLLM version is a tested one (else
     :class:`UntestedVLLMError`, nothing touched); (2) every manifest symbol the requested patches need resolves
     (else RuntimeError, nothing touched); (3) with a ``controller`` (an engine with a drafter): the expand fix
     (process-wide, only where the probe fails on a version known to carry the bug), coupled sampling if ``coupled``,
-    the drafter gate and the step meter feeding ``controller``; (4) the batch clock, with or without a controller,
-    where the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``; elsewhere its core is in another
-    process and ``Patches.clock`` stays None). Without a controller the clock is the only patch; the handle still
-    carries the engine's private reads."""
+    the drafter gate and the step meter feeding ``controller``; with ``lookup = (n_min, n_max, history)`` (an engine
+    whose drafter is :class:`rollout.lookup.LookupProposer`) the proposer is bound to the runner first; (4) the batch
+    clock, with or without a controller, where the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``;
+    elsewhere its core is in another process and ``Patches.clock`` stays None). Without a controller the clock is the
+    only patch; the handle still carries the engine's private reads."""
     import torch
 
     check_version()
     clock = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available(), clock))
+    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available(), clock, lookup))
     if bad:
         raise RuntimeError("vLLM internals Laconic patches are missing from this vLLM (moved or renamed); nothing "
                            "has been patched:\n  " + "\n  ".join(bad))
@@ -182,7 +188,7 @@ def install(llm, *, controller: SpecController | None = None, coupled: bool = Fa
 
         patches.clock = BatchClock(internals.engine_core(llm)).install()  # first: a step meter wraps the clock
     if controller is not None:
-        patches._install_speculation(controller, coupled)
+        patches._install_speculation(controller, coupled, lookup)
     return patches
 
 
@@ -200,13 +206,20 @@ class Patches:
     meter: object = None  # StepMeter with a drafter, else None
     clock: object = None  # BatchClock on an in-process engine, else None
 
-    def _install_speculation(self, controller: SpecController, coupled: bool) -> None:
+    def _install_speculation(self, controller: SpecController, coupled: bool, lookup: tuple | None) -> None:
         from rollout.vllm_patches.coupled import CoupledSampling
         from rollout.vllm_patches.expand import fix_expand
         from rollout.vllm_patches.metering import DrafterGate, StepMeter
 
         self.lossless = fix_expand()
         runner = internals.model_runner(self.llm)
+        if lookup is not None:
+            from rollout.lookup import LookupProposer
+
+            if not isinstance(runner.drafter, LookupProposer):
+                raise RuntimeError(f"lookup drafts need the engine built with rollout.lookup.LookupProposer as its "
+                                   f"custom_class proposer; its drafter is {type(runner.drafter).__name__}")
+            runner.drafter.bind(runner, *lookup)
         if coupled:
             self.coupled = CoupledSampling(runner).install()
         core = internals.engine_core(self.llm)

@@ -73,7 +73,9 @@ class CoupledSampling:
     :meth:`install` replaces, on this runner's instances only, ``RejectionSampler.forward`` (:meth:`forward`),
     ``SpecDecodeBaseProposer.propose`` (:meth:`propose`, which resets the round's draft seeds and calls vLLM's),
     ``SpecDecodeBaseProposer._sample_draft_tokens`` (:meth:`sample_draft_tokens`) and
-    ``GPUModelRunner._update_states`` (:meth:`update_states`, which calls vLLM's). The round's state (which draft of
+    ``GPUModelRunner._update_states`` (:meth:`update_states`, which calls vLLM's). A lookup drafter
+(:class:`rollout.lookup.LookupProposer`, ``stateless``) drafts no samples, only tokens its context fixes: only the
+verification and the state update are replaced for it. The round's state (which draft of
     the round is next, the peeked seeds) lives here, not on vLLM's objects. ``rows_fast`` says whether the last
     verification took the temperature-only path (tests read it)."""
 
@@ -103,8 +105,9 @@ class CoupledSampling:
 
     def install(self) -> "CoupledSampling":
         self.sampler.forward = self.forward
-        self.drafter.propose = self.propose
-        self.drafter._sample_draft_tokens = self.sample_draft_tokens
+        if not getattr(self.drafter, "stateless", False):  # a drafter that samples its drafts: the same noise
+            self.drafter.propose = self.propose
+            self.drafter._sample_draft_tokens = self.sample_draft_tokens
         self.runner._update_states = self.update_states
         return self
 

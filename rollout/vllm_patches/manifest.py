@@ -18,7 +18,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Touch:
     symbol: str  # dotted path of the private vLLM symbol (a module attribute, class, method or operator)
-    patch: str  # which patch touches it: expand | coupled | gate | clock | meter | handoff | reload | engine
+    patch: str  # which patch touches it: expand | coupled | gate | clock | meter | lookup | handoff | reload | engine
     action: str  # what is done to it (see the module docstring)
     attrs: tuple[str, ...] = ()  # instance attributes / fields read or written on objects of that class
     cpu_only: bool = False  # exists on vLLM-CPU builds only (checked only there)
@@ -108,6 +108,13 @@ MANIFEST: tuple[Touch, ...] = (
         "num_draft_tokens_per_pos")),
     Touch("vllm.v1.worker.gpu_worker.Worker", "meter", "read through LLM.collective_rpc: the live model runner",
           ("model_runner",)),
+    # lookup: drafts that need no trained head (rollout.lookup.LookupProposer, vLLM's custom_class method)
+    Touch("vllm.v1.spec_decode.custom_class_proposer.create_custom_proposer", "lookup", "mirrored: builds the "
+          "proposer as cls(vllm_config); the runner calls its propose(sampled_token_ids, num_tokens_no_spec, "
+          "token_ids_cpu, slot_mappings=...) on every step that drafts"),
+    Touch(_RUNNER, "lookup", "read: the live input batch; LookupProposer.bind(runner)", ("input_batch", "drafter")),
+    Touch("vllm.v1.worker.gpu_input_batch.InputBatch", "lookup", "read: the rows' request ids and prompt lengths",
+          ("req_ids", "num_prompt_tokens")),
     # handoff: in-flight request states
     Touch("vllm.v1.engine.llm_engine.LLMEngine", "handoff", "read", ("output_processor", "engine_core")),
     Touch("vllm.v1.engine.output_processor.OutputProcessor", "handoff", "read: in-flight requests",

@@ -33,10 +33,15 @@ class DrafterGate:
     speculation (the forward is 1.0 ms of a 6.2 ms batch-4 step). On GPU the timer sees only the launches; there the
     correction is a lower bound.
 
+    A lookup drafter (:class:`rollout.lookup.LookupProposer`, :attr:`stateless`) has no KV: every K = 0 step skips
+    it, nothing goes stale, and a drafting step hands it the step's K.
+
     :meth:`install` replaces ``GPUModelRunner.propose_draft_token_ids`` on this runner instance with :meth:`propose`."""
 
     def __init__(self, runner) -> None:
         self.runner = runner
+        # a drafter without KV of its own (lookup drafts): nothing to keep complete, so every K = 0 step skips it
+        self.stateless = bool(getattr(runner.drafter, "stateless", False))
         self._stock_propose = runner.propose_draft_token_ids
         self.skip = False  # skip the drafter on K = 0 steps (set by the step meter before each step is scheduled)
         self.kv_only_s = 0.0  # seconds of drafter forwards on this step that proposed nothing (K = 0)
@@ -48,8 +53,14 @@ class DrafterGate:
     def propose(self, scheduler_output, sampled_token_ids, *args, **kwargs):
         """``GPUModelRunner.propose_draft_token_ids``, or no drafter forward at all on a K = 0 step while gated."""
         runner = self.runner
-        if scheduler_output.num_spec_tokens_to_schedule > 0:
+        k = scheduler_output.num_spec_tokens_to_schedule
+        if k > 0:
+            if self.stateless:  # vLLM's custom_class call does not pass the step's K
+                runner.drafter.step_k = k
             return self._stock_propose(scheduler_output, sampled_token_ids, *args, **kwargs)
+        if self.stateless:
+            runner._draft_probs = runner._draft_prob_req_ids = None
+            return [[] for _ in range(runner.input_batch.num_reqs)]
         if not self.skip:  # K = 0, drafter run only to keep its KV complete: timed for the meter
             t0 = time.perf_counter()
             out = self._stock_propose(scheduler_output, sampled_token_ids, *args, **kwargs)
@@ -139,7 +150,7 @@ class StepMeter:
         if self.stale and k > 0 and not controller.exploring(size):
             k, skip = 0, True
         self.gate.skip = skip
-        self.stale = self.stale or skip
+        self.stale = (self.stale or skip) and not self.gate.stateless
         scheduler.dynamic_sd_lookup = [0] + [k] * (self.size - 1)
         self._last = self._stock_schedule(*args, **kwargs)
         return self._last

@@ -450,3 +450,43 @@ def test_k0_explorations_are_measured_without_the_drafter_forward(setup, base_mo
     assert all(s["kv"] == 0 for s in seen if s["k"] > 0)
     chosen_off = [s for s in seen if s["batch"] > 8 and s["k"] == 0]
     assert chosen_off and all(s["skipped"] and s["kv"] == 0 for s in chosen_off)
+
+
+def _lookup_engine(setup, **rc):
+    """An engine drafting by lookup (no trained head), kept in the fixture (see ``_rejection_1500``)."""
+    from rollout.vllm_engine import VLLMEngine
+
+    key = "lookup" + "".join(f"-{k}={v}" for k, v in sorted(rc.items()))
+    if key not in setup:
+        setup[key] = VLLMEngine(setup["base"], RolloutConfig(**(RC | rc)), seed=0,
+                                drafter=DrafterExport("lookup", 4, "", 0))
+    return setup[key]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_lookup_drafts_are_token_identical_to_plain_decoding(setup, temperature):
+    """Lookup drafts (rollout/lookup.py, vLLM's custom_class method), GRPO-shaped traffic (8 siblings per prompt):
+    the tokens and log-probs are exactly the plain engine's, greedy and sampled (coupled verification), while a
+    real share of the drafts is accepted; the proposer found a continuation for a real share of the requests it drafted for."""
+    eng = _lookup_engine(setup)
+    spec = SamplingSpec(n=8, max_tokens=200, temperature=temperature, seed=29)
+    a, b = setup["plain"].generate(setup["prompts"][:6], spec), eng.generate(setup["prompts"][:6], spec)
+    assert b.spec.draft_tokens > 0 and b.spec.accepted_tokens > 0.2 * b.spec.draft_tokens
+    assert b.completion_ids.tolist() == a.completion_ids.tolist()
+    m = a.completion_mask
+    assert (a.sampler_logprobs[m] - b.sampler_logprobs[m]).abs().max() < 1e-4
+    proposer = eng.patches.gate.runner.drafter
+    assert proposer.matched > 0.3 * proposer.proposed
+    assert eng.patches.gate.stateless and b.spec.handoffs == 0
+
+
+def test_lookup_drafts_stay_exact_while_the_controller_moves_k(setup):
+    """The adaptive controller with exploration every 3rd step (K changes step to step, K = 0 steps skip the
+    proposer): still exactly the plain engine's tokens, and K really took several values."""
+    eng = _lookup_engine(setup, spec_adaptive=True, spec_explore_every=3)
+    spec = SamplingSpec(n=8, max_tokens=120, temperature=1.0, seed=31)
+    a, b = setup["plain"].generate(setup["prompts"][6:10], spec), eng.generate(setup["prompts"][6:10], spec)
+    assert b.completion_ids.tolist() == a.completion_ids.tolist()
+    ks = {k for (_, k) in eng.controller.samples}
+    assert 0 in ks and len(ks) >= 3, ks
+    assert b.spec.accepted_tokens > 0

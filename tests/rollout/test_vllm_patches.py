@@ -44,8 +44,8 @@ def test_every_manifest_symbol_resolves_in_the_installed_vllm(vllm):
     entries = [t for t in vp.MANIFEST if not (t.cpu_only and cuda)]
     assert vp.unresolved(entries) == []
     assert {t.symbol: vp.missing_attrs(t) for t in entries if t.attrs and vp.missing_attrs(t)} == {}
-    assert {t.patch for t in vp.MANIFEST} == {"expand", "coupled", "gate", "clock", "meter", "handoff",
-                                                "reload", "engine"}
+    assert {t.patch for t in vp.MANIFEST} == {"expand", "coupled", "gate", "clock", "meter", "lookup",
+                                                "handoff", "reload", "engine"}
     named = {t.symbol for t in vp.MANIFEST}
     for must in ("vllm.v1.sample.rejection_sampler.expand_batch_to_tokens",
                  "vllm.v1.sample.rejection_sampler.RejectionSampler.forward",
