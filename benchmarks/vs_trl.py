@@ -3,6 +3,7 @@
     python benchmarks/vs_trl.py [--steps 8] [--prompts-per-step P] [--n N] [--max-tokens T] [--micro-batch M]
                                 [--trl-mode vllm|generate] [--trl-vllm-dtype float32|auto] [--rounds R]
                                 [--eval-tokens E] [--workdir DIR] [--json PATH] [--laconic-set KEY=VALUE ...]
+                                [--laconic-drafter lookup|eagle]
 
 P, N, T, M default to the ``tiny_grpo`` recipe (16 prompts x 8 samples, 400 tokens, micro-batch 32).
 
@@ -47,6 +48,9 @@ Reported, step 1 excluded on both sides (compilation and warm-up): median and me
 seconds, completion tokens per step (TRL: ``completions/mean_length`` x P x N), mean completion length, and
 seconds per 1k completion tokens (lengths drift apart as the two policies train, and decode time follows length).
 Ratios are TRL / Laconic. The machine's load average is printed: numbers from a busy machine are noisy.
+``--laconic-drafter METHOD`` adds a third system, Laconic with its drafter on (``drafter.method=METHOD``), in the same
+rounds; its step time includes its drafter's online training, its warm start (a trained head's) is outside the
+step time, as TRL's and Laconic's start-up are, and is in its process wall time.
 
 Results on the 2-core CPU: benchmarks/README.md.
 """
@@ -105,21 +109,24 @@ def _fill_defaults(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Laconic side
-def run_laconic(a: argparse.Namespace, out: Path) -> dict:
-    """``launch.py recipe=tiny_grpo`` in a subprocess -> per-step numbers from its ``metrics.jsonl``."""
-    run_dir = out / "laconic_run"
+def run_laconic(a: argparse.Namespace, out: Path, drafter: str = "") -> dict:
+    """``launch.py recipe=tiny_grpo`` in a subprocess -> per-step numbers from its ``metrics.jsonl``; ``drafter``: a
+    ``drafter.method`` to run with (``drafter.enabled=true``), else none."""
+    run_dir = out / ("laconic_run" if not drafter else f"laconic_{drafter}_run")
+    on = ["drafter.enabled=true", f"drafter.method={drafter}"] if drafter else []
     argv = [sys.executable, "launch.py", f"recipe={RECIPE}", *_shape_overrides(a), "trainer.eval_every=0",
             "logging.wandb=false", "logging.progress=false", f"run.output_dir={run_dir}", "eval.samples=1",
-            f"eval.max_tokens={a.eval_tokens}", *a.laconic_set]
+            f"eval.max_tokens={a.eval_tokens}", *a.laconic_set, *on]
     shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: a fresh run each time
     t0 = time.perf_counter()
-    _run(argv, out / "laconic.log")
+    _run(argv, out / ("laconic.log" if not drafter else f"laconic_{drafter}.log"))
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     summary = json.loads((run_dir / "summary.json").read_text())
     compiled = "rollout.enforce_eager=false" in a.laconic_set
-    return {"system": "Laconic", "mode": f"vLLM colocate (in-process, float32, {'compiled' if compiled else 'eager'}, "
-                                         "sync: reload_weights)",
+    mode = (f"vLLM colocate (in-process, float32, {'compiled' if compiled else 'eager'}, sync: reload_weights"
+            + (f", drafter {drafter})" if drafter else ")"))
+    return {"system": "Laconic" + (f"+{drafter}" if drafter else ""), "mode": mode,
             "step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
             "tokens": [r["rollout/tokens"] for r in rows], "len_mean": [r["len/mean"] for r in rows],
             "reward_mean": [r["reward/mean"] for r in rows], "process_wall_s": wall,
@@ -367,16 +374,21 @@ def _run(argv: list[str], log: Path) -> None:
 def compare(a: argparse.Namespace) -> dict:
     out = Path(a.workdir or tempfile.mkdtemp(prefix="vs_trl_"))
     out.mkdir(parents=True, exist_ok=True)
-    load0, runs = os.getloadavg(), {"TRL": [], "Laconic": []}
+    order = [("TRL", run_trl), ("Laconic", run_laconic)]
+    if a.laconic_drafter:
+        order.append((f"Laconic+{a.laconic_drafter}", lambda a, d: run_laconic(a, d, a.laconic_drafter)))
+    load0, runs = os.getloadavg(), {name: [] for name, _ in order}
     for r in range(a.rounds):
-        order = [("TRL", run_trl), ("Laconic", run_laconic)]
         for name, fn in (order if r % 2 == 0 else order[::-1]):
             print(f"[round {r + 1}/{a.rounds}] {name} ...", flush=True)
             runs[name].append(fn(a, _fresh(out / f"round{r + 1}")))
-    trl, lac = _pool(runs["TRL"]), _pool(runs["Laconic"])
-    return {"config": {k: v for k, v in vars(a).items() if k not in ("worker", "worker_out", "json")} | {"workdir": str(out)},
-            "load_avg_start": load0, "load_avg_end": os.getloadavg(), "cpus": os.cpu_count(),
-            "systems": [trl, lac], "ratio_trl_over_laconic": _ratios(trl, lac)}
+    pooled = [_pool(runs[name]) for name, _ in order]
+    res = {"config": {k: v for k, v in vars(a).items() if k not in ("worker", "worker_out", "json")} | {"workdir": str(out)},
+           "load_avg_start": load0, "load_avg_end": os.getloadavg(), "cpus": os.cpu_count(),
+           "systems": pooled, "ratio_trl_over_laconic": _ratios(pooled[0], pooled[1])}
+    if a.laconic_drafter:
+        res["ratio_trl_over_laconic_drafter"] = _ratios(pooled[0], pooled[2])
+    return res
 
 
 def _fresh(d: Path) -> Path:
@@ -400,6 +412,8 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--laconic-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Laconic override, e.g. rollout.enforce_eager=false to compile the engine as TRL does")
+    p.add_argument("--laconic-drafter", default="", metavar="METHOD",
+                   help="also run Laconic with drafter.enabled=true drafter.method=METHOD (e.g. lookup, eagle)")
     p.add_argument("--worker", choices=["trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -413,14 +427,20 @@ def main(argv=None) -> None:
         return
     _fill_defaults(a)
     res = compare(a)
-    trl, lac = res["systems"]
+    trl, lac = res["systems"][:2]
     ratio = res["ratio_trl_over_laconic"]
     print(f"\nGRPO on {RECIPE}'s model and data: {a.prompts_per_step} prompts x {a.n} samples per step, cap "
           f"{a.max_tokens} tokens, micro-batch {a.micro_batch}; {res['cpus']} CPUs, load average "
           f"{res['load_avg_start'][0]:.1f} -> {res['load_avg_end'][0]:.1f}; {a.rounds} round(s)")
-    print(_table([trl, lac], a.steps))
+    print(_table(res["systems"], a.steps))
     print(f"TRL / Laconic: s/step median {ratio['step_s_median']:.2f}x, mean {ratio['step_s_mean']:.2f}x, "
           f"per 1k completion tokens {ratio['s_per_1k_tokens']:.2f}x, rollout {ratio['rollout_s_median']:.2f}x")
+    if a.laconic_drafter:
+        rd = res["ratio_trl_over_laconic_drafter"]
+        print(f"TRL / Laconic+{a.laconic_drafter}: s/step median {rd['step_s_median']:.2f}x, mean "
+              f"{rd['step_s_mean']:.2f}x, per 1k completion tokens {rd['s_per_1k_tokens']:.2f}x, rollout "
+              f"{rd['rollout_s_median']:.2f}x; process wall " + ", ".join(
+                  f"{r['process_wall_s']:.0f} s" for r in res["systems"][2]["runs"]))
     print("outside the step time: TRL " + ", ".join(f"{r['init_s']:.0f} s to its first step" for r in trl["runs"])
           + "; Laconic engine start " + ", ".join(f"{r['engine_start_s']:.0f} s" for r in lac["runs"])
           + "; process wall (with Laconic's two evaluations) TRL "

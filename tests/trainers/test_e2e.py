@@ -132,3 +132,23 @@ def test_drafter_on_two_ranks_trains_in_idle_windows_and_averages(base_model_dir
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # averaged (each warmed on its own prompts)
     v0 = load_file(out / "drafter" / "rank0" / "v0" / "model.safetensors")
     assert any(not torch.equal(v0[k], ranks[0][k]) for k in v0)  # and trained
+
+
+@pytest.mark.slow
+def test_lookup_drafts_change_no_learning_and_train_nothing(base_model_dir, tmp_path, launch):
+    """``drafter.method=lookup``: the run speculates from step 1 (no warm start, no drafter training, nothing exported
+    beside the model) and, with coupled sampling, learns exactly what the run without a drafter learns."""
+    runs = {}
+    for arm, extra in (("plain", ["drafter.enabled=false"]), ("lookup", ["drafter.enabled=true",
+                                                                          "drafter.method=lookup"])):
+        out = tmp_path / arm
+        launch(*SMALL, "trainer.max_steps=2", "data.n_eval=16", "drafter.report_calls=2", f"run.output_dir={out}",
+               "logging.wandb=false", *extra)
+        runs[arm] = (_jsonl(out / "metrics.jsonl"), json.loads((out / "summary.json").read_text()), out)
+    (plain, _, _), (lookup, summary, out) = runs["plain"], runs["lookup"]
+    for key in ("reward/mean", "len/mean", "train/loss", "train/grad_norm"):
+        assert [m[key] for m in lookup] == [m[key] for m in plain], key
+    assert all(m["spec/accepted_tokens"] > 0 for m in lookup)
+    assert summary["drafter"]["method"] == "lookup" and summary["drafter"]["mean_accept_len"] > 1.0
+    assert set(summary["drafter"]["measured_speedup"]) == {"1", "4"}
+    assert not (out / "export" / "drafter").exists() and not (out / "drafter").exists()
