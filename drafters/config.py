@@ -76,7 +76,8 @@ def validate(cfg: DrafterConfig, max_model_len: int) -> None:
 
     one_of("drafter.method", cfg.method, ("eagle", "eagle3", "draft_model", "lookup"))
     if cfg.method == "lookup" and cfg.init:
-        raise ValueError(f"drafter.init={cfg.init!r}: drafter.method=lookup has no weights to start from")
+        raise ValueError(f"drafter.init={cfg.init!r}: drafter.method=lookup has no weights to start from "
+                         "(pass drafter.init= to clear it)")
     one_of("drafter.train_when", cfg.train_when, ("always", "drift"))
     if not 0 < cfg.drift_tolerance < 1:
         raise ValueError(f"drafter.drift_tolerance={cfg.drift_tolerance} must lie in (0, 1)")

@@ -71,6 +71,9 @@ def test_unknown_recipe_suggests():
     (["tiny_base.tail_share=1.0"], "tiny_base.tail_share"),
     (["tiny_base.tail_rechecks=[3, 9]"], "tiny_base.tail_rechecks"),
     (["tiny_base.context=64"], "tiny_base.context"),
+    (["rollout.lookup_min_n=5", "rollout.lookup_max_n=4"], "rollout.lookup_min_n"),
+    (["rollout.lookup_min_n=0"], "rollout.lookup_min_n"),
+    (["drafter.enabled=true", "drafter.method=lookup", "drafter.init=cache"], "drafter.init"),
 ])
 def test_impossible_combinations_name_fields(overrides, field):
     cfg, _ = load("tiny_grpo", overrides)
