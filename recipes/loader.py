@@ -96,8 +96,8 @@ def load(recipe: str | None, overrides: list[str]) -> tuple[Config, str]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
-        try:
-            dot = OmegaConf.from_dotlist([item])
+        try:  # ``key=`` sets an empty string (OmegaConf would read None, which no typed field takes)
+            dot = OmegaConf.from_dotlist([item + "''" if item.endswith("=") else item])
         except Exception as e:
             raise ConfigError(f"override {item!r} could not be parsed: {e}") from None
         if item.split("=", 1)[0].strip() == "reward.terms":

@@ -25,6 +25,14 @@ def test_override_changes_value_with_type():
     assert cfg.trainer.max_steps == 3 and cfg.algo.clip_high == 0.28 and cfg.logging.wandb is False
 
 
+def test_empty_override_is_an_empty_string_and_clears_a_recipes_value():
+    cfg, _ = load("tiny_longtail", ["drafter.method=lookup", "drafter.init="])
+    assert cfg.drafter.init == "" and load("tiny_longtail", [])[0].drafter.init == "cache"
+    validate(cfg, world_size=1)
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
+        load("tiny_grpo", ["trainer.max_steps="])
+
+
 def test_unknown_key_suggests_closest():
     with pytest.raises(ConfigError, match=r"trainer\.max_step.*did you mean 'trainer\.max_steps'"):
         load("tiny_grpo", ["trainer.max_step=3"])
