@@ -121,6 +121,7 @@ class OnlineDrafter:
         self.rng = random.Random(seed)
         self.version = 0
         self.total_steps = 0
+        self.lr_ramp = 0  # > 0: the first lr_ramp optimizer steps ramp the learning rate up to cfg.lr (loaded weights)
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -227,6 +228,9 @@ class OnlineDrafter:
                                          self.cfg.cls_weight, self.cfg.reg_weight, **self._loss_kw)
             if n == 0:
                 break
+            if self.lr_ramp:
+                for g in self.opt.param_groups:
+                    g["lr"] = self.cfg.lr * min(1.0, (self.total_steps + steps + 1) / self.lr_ramp)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -266,12 +270,13 @@ class OnlineDrafter:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "version": self.version,
                 "total_steps": self.total_steps, "rng": self.rng.getstate(), "token_counts": self.token_counts.clone(),
-                "vocab_fixed": self.vocab_fixed}
+                "vocab_fixed": self.vocab_fixed, "lr_ramp": self.lr_ramp}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.version, self.total_steps = int(state["version"]), int(state["total_steps"])
+        self.lr_ramp = int(state.get("lr_ramp", 0))
         self.rng.setstate(state["rng"])
         if "token_counts" in state:  # checkpoints written before drafter.train_vocab existed have none
             self.token_counts = state["token_counts"].clone()

@@ -89,6 +89,7 @@ class DrafterPhase:
         state = self.drafter.state_dict()
         state["model"] = read_weights(init, policy_config, self.cfg.method, self.cfg.train_vocab)
         state["vocab_fixed"] = True  # an EAGLE-3 checkpoint's draft vocabulary is its own
+        state["lr_ramp"] = self.cfg.init_lr_ramp  # a fresh optimizer on trained weights: ramp its learning rate up
         self.drafter.load_state_dict(state)  # the weights only: optimizer state and version start fresh
         return init, cache
 

@@ -163,6 +163,28 @@ def test_training_on_a_fixed_batch_lowers_loss_and_raises_top1(method):
     assert after.top1_agreement > before.top1_agreement + 0.2 and after.top1_agreement > 0.8
 
 
+def test_loaded_weights_ramp_the_learning_rate_of_a_fresh_optimizer():
+    """drafter.init: a fresh AdamW moves every weight by ~lr on its first step whatever the gradient; with
+    init_lr_ramp=R the first step moves none by more than lr / R, and the ramp survives a checkpoint."""
+    batch, emb, head = _fixed_batch()
+    trained = OnlineDrafter(DrafterConfig(lr=3e-3, batch_rows=16), CFG, emb, head, temperature=1.0)
+    trained.add(batch)
+    trained.train(budget_s=1e9, max_steps=40)
+    moves = {}
+    for ramp in (0, 25):
+        d = OnlineDrafter(DrafterConfig(lr=1e-2, batch_rows=16), CFG, emb, head, temperature=1.0)
+        state = d.state_dict() | {"model": trained.model.state_dict(), "lr_ramp": ramp}
+        d.load_state_dict(state)
+        d.add(batch)
+        before = [p.detach().clone() for p in d.model.parameters()]
+        d.train(budget_s=1e9, max_steps=1)
+        moves[ramp] = max(float((p.detach() - b).abs().max()) for p, b in zip(d.model.parameters(), before))
+        again = OnlineDrafter(DrafterConfig(lr=1e-2, batch_rows=16), CFG, emb, head, temperature=1.0)
+        again.load_state_dict(d.state_dict())
+        assert again.lr_ramp == ramp
+    assert moves[0] > 0.5e-2 and moves[25] <= 1e-2 / 25 * 1.01
+
+
 def test_replay_window_keeps_its_last_steps_and_widens_for_the_final_fit():
     batch, emb, head = _fixed_batch()
     rows = batch.token_ids.shape[0]

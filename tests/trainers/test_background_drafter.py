@@ -8,10 +8,9 @@ import torch
 
 RUN = ["recipe=tiny_dler", "trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=8",
        "data.n_eval=8", "eval.samples=1", "eval.max_tokens=128", "rollout.kv_cache_memory_bytes=134217728",
-       "trainer.save_every=1",
-       "trainer.eval_every=0", "drafter.background=true", "drafter.warmup_prompts=2", "drafter.warmup_steps=12",
-       "drafter.final_steps=7", "drafter.final_prompts=2",
-       "logging.wandb=false", "logging.progress=false"]
+       "trainer.save_every=1", "trainer.eval_every=0", "drafter.background=true", "drafter.init=",
+       "drafter.train_when=always", "drafter.warmup_prompts=2", "drafter.warmup_steps=12", "drafter.final_steps=7",
+       "drafter.final_prompts=2", "logging.wandb=false", "logging.progress=false"]
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -117,8 +117,8 @@ def test_drafter_on_two_ranks_trains_in_idle_windows_and_averages(base_model_dir
     run_cmd(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "launch.py", "recipe=tiny_dler",
              "trainer.prompts_per_step=8", "rollout.n=4", "trainer.micro_batch_size=8", "trainer.max_steps=3",
              "data.n_eval=16", "eval.samples=1", "eval.max_tokens=128", "rollout.kv_cache_memory_bytes=134217728",
-             "drafter.warmup_steps=20", "drafter.warmup_prompts=8", "drafter.final_steps=2", "drafter.report_calls=0",
-             f"run.output_dir={out}", "logging.wandb=false", "logging.progress=false"])
+             "drafter.init=", "drafter.warmup_steps=20", "drafter.warmup_prompts=8", "drafter.final_steps=2",
+             "drafter.report_calls=0", f"run.output_dir={out}", "logging.wandb=false", "logging.progress=false"])
     import torch
     from safetensors.torch import load_file
 
