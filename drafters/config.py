@@ -43,7 +43,7 @@ class DrafterConfig:
     init: str = ""
     # optimizer steps over which the learning rate ramps linearly up to lr after drafter.init loaded weights into a
     # fresh optimizer: Adam's first steps move every weight by ~lr whatever its gradient, which knocks a trained head
-    # off (the flagship's cached drafter: 4.4 -> 3.1 tokens per K = 4 round after its first online burst at lr 1e-2)
+    # off the policy it was fitted to (0 = no ramp)
     init_lr_ramp: int = 25
     warmup_steps: int = 300  # optimizer steps of the warm start on the base model's rollouts before RL step 1
     # optimizer steps after the last RL step on the replay window (the last steps' rollouts, no new ones), before the

@@ -26,8 +26,8 @@ def test_override_changes_value_with_type():
 
 
 def test_empty_override_is_an_empty_string_and_clears_a_recipes_value():
-    cfg, _ = load("tiny_longtail", ["drafter.method=lookup", "drafter.init="])
-    assert cfg.drafter.init == "" and load("tiny_longtail", [])[0].drafter.init == "cache"
+    cfg, _ = load("tiny_dler", ["drafter.method=lookup", "drafter.init="])
+    assert cfg.drafter.init == "" and load("tiny_dler", [])[0].drafter.init == "cache"
     validate(cfg, world_size=1)
     with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
         load("tiny_grpo", ["trainer.max_steps="])
