@@ -1,7 +1,7 @@
 """Rollout speed with and without the online-trained drafter, side by side in one run.
 
     python benchmarks/rollout_speedup.py [--run RUN_FOLDER] [--prompts 64] [--batch-sizes 1,4,16,64] [--compiled]
-                                         [--n 8] [--lookup [--lookup-history]] [--json PATH]
+                                         [--n 8] [--lookup] [--blend] [--lookup-history] [--json PATH]
 
 One policy checkpoint (``--run``: the run's exported policy and its drafter, on the run's own held-out prompts, in its
 chat template for a real model such as ``smol_dler``'s; default: the embedded base model and a drafter with the
@@ -21,7 +21,9 @@ the ratio, the mean acceptance length, the K the controller settled on and the c
 torch.compile of target and drafter, ~15 s more per engine start) instead of the project's eager default: plain
 decoding gains more from it than speculation does, so the ratio is lower there (benchmarks/README.md). ``--lookup``
 adds a third engine drafting by lookup alone (no trained head: ``drafter.method=lookup``), measured in the same
-alternation; ``--n 8`` makes each call GRPO-shaped (8 samples of each prompt, the siblings a lookup drafts from).
+alternation, and ``--blend`` one with the drafter and lookup drafts beside it (``rollout.lookup_blend``: per request,
+the draft measured to emit more); ``--n 8`` makes each call GRPO-shaped (8 samples of each prompt, the siblings a
+lookup drafts from).
 """
 from __future__ import annotations
 
@@ -170,6 +172,17 @@ def _per_position(engine) -> list[int]:
     return list(engine.meter.accepted_per_pos)
 
 
+def _table(rows: list[dict], pre: str, title: str) -> None:
+    """One arm's rows (keys prefixed ``pre``) beside plain decoding."""
+    print(f"{'batch':>6} {'no spec tok/s':>14} {title + ' tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
+          f"{'K':>3} {'calib':>5}  acceptance per draft position")
+    for r in rows:
+        pos = " ".join(f"{x:.2f}" for x in r[f"{pre}accept_per_position"])
+        print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r[f'{pre}spec_tok_s']:>14.1f} {r[f'{pre}ratio']:>6.2f}x "
+              f"{r[f'{pre}controller_estimate']:>5.2f}x {r[f'{pre}mean_accept_len']:>11.2f} {r[f'{pre}chosen_k']:>3} "
+              f"{r[f'{pre}calibration_calls']:>5}  {pos}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default="", help="run folder whose export/ and export/drafter/ to use")
@@ -200,6 +213,9 @@ def main() -> None:
                     help="the lookup engine also drafts from earlier calls' completions of the same prompt (the "
                          "benchmark repeats its prompts, which would flatter it; an RL run sees a prompt again only "
                          "in a later epoch); default: its own text and its call's siblings only")
+    ap.add_argument("--blend", action="store_true",
+                    help="another engine: the drafter with lookup drafts beside it, per request where measured better "
+                         "(rollout.lookup_blend), in the same alternation")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -232,39 +248,33 @@ def main() -> None:
 
         arms["lookup"] = VLLMEngine(model_dir, replace(rc, lookup_history=args.lookup_history), seed=args.seed,
                                     drafter=DrafterExport("lookup", drafter.num_speculative_tokens, "", 0))
+    if args.blend:
+        arms["blend"] = VLLMEngine(model_dir, replace(rc, lookup_history=args.lookup_history, lookup_blend=True),
+                                   seed=args.seed, drafter=drafter)
     spec = arms["spec"]
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     rows_out = []
     for b in sizes:  # calibrate right before measuring: a batch size's tails would skew the next one's acceptance
         calls = {name: _calibrate(eng, prompts, b, args) for name, eng in arms.items()}
         _warm(plain, prompts, b, args)
-        row = _measure(plain, arms, prompts, b, args, args.min_calls) | {"calibration_calls": calls["spec"]}
-        rows_out.append(row | ({"lookup_calibration_calls": calls["lookup"]} if args.lookup else {}))
+        row = _measure(plain, arms, prompts, b, args, args.min_calls)
+        rows_out.append(row | {("" if name == "spec" else f"{name}_") + "calibration_calls": c
+                               for name, c in calls.items()})
     print(f"\nmodel {model_dir} | drafter {drafter.path} | lossless guard: {spec.lossless} | "
           f"{len(prompts)} prompts x {args.n} per call, T={args.temperature:g}, max {args.max_tokens} tokens, "
           f"{'compiled' if args.compiled else 'eager'} engines")
-    print(f"{'batch':>6} {'no spec tok/s':>14} {'drafter tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
-          f"{'K':>3} {'calib':>5}  acceptance per draft position")
-    for r in rows_out:
-        pos = " ".join(f"{x:.2f}" for x in r["accept_per_position"])
-        print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['spec_tok_s']:>14.1f} {r['ratio']:>6.2f}x "
-              f"{r['controller_estimate']:>5.2f}x {r['mean_accept_len']:>11.2f} {r['chosen_k']:>3} "
-              f"{r['calibration_calls']:>5}  {pos}")
+    _table(rows_out, "", "drafter")
     print("est.: the speculation controller's own decode-step goodput estimate for that batch size (a training "
           "run keeps it in summary.json as drafter.speedup_by_batch), beside the measured ratio")
     if args.lookup:
         print(f"\nlookup drafts alone (no trained head; history of earlier calls: {args.lookup_history})")
-        print(f"{'batch':>6} {'no spec tok/s':>14} {'lookup tok/s':>14} {'ratio':>7} {'est.':>6} {'accept len':>11} "
-              f"{'K':>3} {'calib':>5}  acceptance per draft position")
-        for r in rows_out:
-            pos = " ".join(f"{x:.2f}" for x in r["lookup_accept_per_position"])
-            print(f"{r['batch']:>6} {r['plain_tok_s']:>14.1f} {r['lookup_spec_tok_s']:>14.1f} "
-                  f"{r['lookup_ratio']:>6.2f}x {r['lookup_controller_estimate']:>5.2f}x "
-                  f"{r['lookup_mean_accept_len']:>11.2f} {r['lookup_chosen_k']:>3} "
-                  f"{r['lookup_calibration_calls']:>5}  {pos}")
+        _table(rows_out, "lookup_", "lookup")
+    if args.blend:
+        print(f"\nthe drafter with lookup drafts beside it (rollout.lookup_blend; history: {args.lookup_history})")
+        _table(rows_out, "blend_", "blend")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model_dir, "drafter": drafter.path, "n": args.n,
-                                               "compiled": args.compiled, "lookup": args.lookup,
+                                               "compiled": args.compiled, "lookup": args.lookup, "blend": args.blend,
                                                "lookup_history": args.lookup_history, "rows": rows_out}, indent=2))
 
 

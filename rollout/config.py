@@ -33,6 +33,10 @@ class RolloutConfig:
     lookup_max_n: int = 4
     lookup_min_n: int = 2
     lookup_history: bool = True  # also look up earlier completions of the prompt (False: only while one runs)
+    # with a trained drafter (drafter.method eagle / eagle3 / draft_model): also look every request up, and verify the
+    # lookup's draft instead of the head's where measured acceptance says it emits more (rollout/controller.py
+    # DraftSources); lossless either way
+    lookup_blend: bool = False
 
 
 def validate(cfg: RolloutConfig) -> None:

@@ -61,6 +61,7 @@ class SpecController:
         # set while the engine serves traffic unlike the training rollouts' (held-out evaluation, the weight-sync
         # probes): the current choices are used, nothing is learned and nothing explored (VLLMEngine.controller_paused)
         self.paused = False
+        self.sources: DraftSources | None = None  # per-request head-or-lookup choice (rollout.lookup_blend)
 
     def bucket(self, batch: int) -> int:
         for b in self.buckets:
@@ -210,8 +211,11 @@ class SpecController:
         return [0] + [0 if self.forced_off else self.effective(self.bucket(n)) for n in range(1, size)]
 
     def state_dict(self) -> dict:
-        return {"samples": {f"{b},{k}": v for (b, k), v in self.samples.items()}, "steps": dict(self.steps),
-                "choice": dict(self.choice), "drafted": list(self.drafted), "accepted": list(self.accepted)}
+        out = {"samples": {f"{b},{k}": v for (b, k), v in self.samples.items()}, "steps": dict(self.steps),
+               "choice": dict(self.choice), "drafted": list(self.drafted), "accepted": list(self.accepted)}
+        if self.sources is not None:
+            out["sources"] = self.sources.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         if "drafted" not in state:  # saved by the earlier controller, whose samples were tokens/s: not comparable
@@ -224,3 +228,85 @@ class SpecController:
         self.choice = {int(k): int(v) for k, v in state["choice"].items()}
         self.drafted = [float(x) for x in state["drafted"]]
         self.accepted = [float(x) for x in state["accepted"]]
+        if self.sources is not None and "sources" in state:
+            self.sources.load_state_dict(state["sources"])
+
+
+class DraftSources:
+    """Per request, whose draft a speculating step verifies: the trained head's or the lookup's (rollout/lookup.py).
+
+    With a trained drafter and ``rollout.lookup_blend``, the head drafts every request and the lookup index is
+    searched too; where it found a full K-token continuation after an n-token match, that draft replaces the head's
+    when it is expected to emit more tokens. Expected tokens of a K-token draft from source s are ``1 + a_1 + ... +
+    a_K`` (the controller's rule), from s's per-position acceptance measured on requests of the same kind: keyed by
+    the match length n (0: no match), since a request the lookup matches is repetitive text, on which the head too is
+    accepted more often than on average, so comparing the lookup's acceptance there with the head's overall would
+    favour the lookup. Counts forget with ``decay`` per draft recorded (the policy and the head change). Until both
+    sources have ``explore`` drafts at a match length, the one picked fewer times there is picked; after that every
+    ``explore_every``-th request the comparison rejects is drafted by the loser anyway, so both stay measured.
+
+    Verification does not depend on whose draft it checks (coupled sampling, rejection sampling with the replaced
+    rows' draft probabilities one-hot): the choice moves acceptance only, never what is sampled."""
+
+    def __init__(self, k_max: int, n_max: int, decay: float = 0.998, explore: int = 32,
+                 explore_every: int = 16) -> None:
+        self.k_max, self.decay, self.explore, self.explore_every = k_max, decay, explore, explore_every
+        # (source, match length) -> decayed count of drafts with a position i / accepted through position i
+        self.drafted = {(s, n): [0.0] * k_max for s in ("head", "lookup") for n in range(n_max + 1)}
+        self.accepted = {key: [0.0] * k_max for key in self.drafted}
+        self.rejected = 0  # comparisons lost since the last exploration (the exploration counter)
+        self.picked = {"head": 0, "lookup": 0}  # requests drafted by each source (cumulative; metrics read it)
+        self.tried = {key: 0 for key in self.drafted}  # picks per (source, match length), cumulative
+
+    def expected(self, source: str, n: int, k: int) -> float:
+        """Expected tokens a K-token draft of ``source`` emits on a request whose lookup matched ``n`` tokens."""
+        d, a = self.drafted[(source, n)], self.accepted[(source, n)]
+        return 1.0 + sum(a[i] / d[i] for i in range(min(k, self.k_max)) if d[i] > 0)
+
+    def pick(self, n: int, k: int) -> str:
+        """"lookup" or "head" for a request whose lookup found a K-token draft after an ``n``-token match."""
+        if min(self.drafted[("lookup", n)][0], self.drafted[("head", n)][0]) < self.explore:
+            # drafts are credited a step after they are picked: alternate by picks, not by credited drafts
+            choice = "lookup" if self.tried[("lookup", n)] <= self.tried[("head", n)] else "head"
+        else:
+            best, other = (("lookup", "head") if self.expected("lookup", n, k) > self.expected("head", n, k)
+                           else ("head", "lookup"))
+            self.rejected += 1
+            choice = other if self.explore_every and self.rejected % self.explore_every == 0 else best
+        self.picked[choice] += 1
+        self.tried[(choice, n)] += 1
+        return choice
+
+    def record(self, source: str, n: int, length: int, accepted: int) -> None:
+        """A ``length``-token draft of ``source`` (lookup match length ``n``; 0 = none) of which the first
+        ``accepted`` tokens were accepted."""
+        d, a = self.drafted[(source, n)], self.accepted[(source, n)]
+        for i in range(self.k_max):
+            d[i] = self.decay * d[i] + (i < length)
+            a[i] = self.decay * a[i] + (i < min(accepted, length))
+
+    def lookup_share(self) -> float:
+        """Fraction of the requests drafted so far whose draft came from the lookup."""
+        total = self.picked["head"] + self.picked["lookup"]
+        return self.picked["lookup"] / total if total else 0.0
+
+    def state_dict(self) -> dict:
+        return {"drafted": {f"{s},{n}": v for (s, n), v in self.drafted.items()},
+                "accepted": {f"{s},{n}": v for (s, n), v in self.accepted.items()},
+                "rejected": self.rejected, "picked": dict(self.picked),
+                "tried": {f"{s},{n}": v for (s, n), v in self.tried.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        def keyed(d: dict) -> dict:
+            return {(key.split(",")[0], int(key.split(",")[1])): [float(x) for x in v] for key, v in d.items()}
+
+        def keyed_counts(d: dict) -> dict:
+            return {(key.split(",")[0], int(key.split(",")[1])): v for key, v in d.items()}
+
+        drafted, accepted = keyed(state["drafted"]), keyed(state["accepted"])
+        if set(drafted) != set(self.drafted) or any(len(v) != self.k_max for v in drafted.values()):
+            raise ValueError("draft-source state from another num_speculative_tokens / rollout.lookup_max_n: "
+                             f"keys {sorted(drafted)[:4]}..., expected {sorted(self.drafted)[:4]}...")
+        self.drafted, self.accepted = drafted, accepted
+        self.rejected, self.picked = int(state["rejected"]), {k: int(v) for k, v in state["picked"].items()}
+        self.tried = {key: int(v) for key, v in keyed_counts(state["tried"]).items()}

@@ -16,7 +16,9 @@ registration of an n-gram wins (recency: the last place the policy wrote it).
 (``speculative_config={"method": "custom_class", "model": "rollout.lookup.LookupProposer"}``), constructed by vLLM
 with the engine's config; :func:`rollout.vllm_patches.install` binds it to the model runner, from which it reads the
 request ids, prompt lengths and the step's K. Verification is vLLM's (or coupled sampling's), so lookup drafts are
-exactly as lossless as the EAGLE head's. Pure Python + numpy: imports without vLLM.
+exactly as lossless as the EAGLE head's. Beside a trained head (``rollout.lookup_blend``), the same index drafts per
+request where :class:`rollout.controller.DraftSources` measures its drafts to emit more than the head's
+(:mod:`rollout.vllm_patches.blend`). Pure Python + numpy: imports without vLLM.
 """
 from __future__ import annotations
 
@@ -87,16 +89,35 @@ class LookupIndex:
             seq.extend(int(t) for t in tokens[start:])
             self._register(group, s, start)
 
-    def propose(self, req_id: str, k: int) -> list[int]:
-        """Up to ``k`` drafted tokens for ``req_id`` (synced): what followed the longest matching recent n-gram."""
+    def known(self, req_id: str) -> int:
+        """How many tokens (prompt included) of ``req_id`` the index holds; -1 for a request it does not know."""
+        entry = self.live.get(req_id)
+        return -1 if entry is None else len(entry[0].seqs[entry[1]])
+
+    def append(self, req_id: str, new_tokens) -> None:
+        """Add tokens that follow what the index holds of live request ``req_id`` (:meth:`sync`, without its full
+        token list: a caller that has only the newest tokens at hand)."""
+        group, s = self.live[req_id]
+        seq = group.seqs[s]
+        start = len(seq)
+        seq.extend(int(t) for t in new_tokens)
+        self._register(group, s, start)
+
+    def match(self, req_id: str, k: int) -> tuple[list[int], int]:
+        """-> (up to ``k`` drafted tokens for ``req_id`` (synced): what followed the longest matching recent n-gram,
+        that n-gram's length); ([], 0) when no n-gram of ``n_min..n_max`` tokens matches."""
         group, s = self.live[req_id]
         seq = group.seqs[s]
         for n in range(min(self.n_max, len(seq)), self.n_min - 1, -1):
             hit = group.table.get(tuple(seq[len(seq) - n:]))
             if hit is not None:
                 t, p = hit
-                return group.seqs[t][p:p + k]
-        return []
+                return group.seqs[t][p:p + k], n
+        return [], 0
+
+    def propose(self, req_id: str, k: int) -> list[int]:
+        """Up to ``k`` drafted tokens for ``req_id`` (synced): what followed the longest matching recent n-gram."""
+        return self.match(req_id, k)[0]
 
     def retire(self, live_ids) -> None:
         """Forget the live entries of requests not in ``live_ids`` (their sequences stay, as earlier completions)."""

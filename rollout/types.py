@@ -34,6 +34,7 @@ class SpecStats:
     draft_tokens: int = 0  # tokens proposed by the drafter
     accepted_tokens: int = 0  # proposed tokens the target accepted
     handoffs: int = 0  # completions handed over from the drafter-less body to speculation (see VLLMEngine.generate)
+    lookup_drafts: int = 0  # rounds whose draft came from the lookup instead of the head (rollout.lookup_blend)
 
     @property
     def mean_accept_len(self) -> float:

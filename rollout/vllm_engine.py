@@ -81,10 +81,11 @@ class VLLMEngine:
         k = drafter.num_speculative_tokens
         self.controller = SpecController(k, self.cfg.spec_buckets, self.cfg.spec_explore_every if
                                          self.cfg.spec_adaptive else 0)
-        lookup = ((self.cfg.lookup_min_n, self.cfg.lookup_max_n, self.cfg.lookup_history) if drafter.method == "lookup"
-                  else None)
+        index = (self.cfg.lookup_min_n, self.cfg.lookup_max_n, self.cfg.lookup_history)
+        lookup = index if drafter.method == "lookup" else None
+        blend = index if self.cfg.lookup_blend and drafter.method != "lookup" else None
         self.patches = install(self.llm, controller=self.controller, coupled=self.spec_sampling == "coupled",
-                               lookup=lookup)
+                               lookup=lookup, blend=blend)
         self.lossless, self.meter = self.patches.lossless, self.patches.meter
         if self.lossless == "broken" and self.cfg.temperature > 0:
             self.controller.forced_off = True  # speculative sampling would be off-distribution: never use it
@@ -223,6 +224,8 @@ class VLLMEngine:
         for row, c in taken.items():
             sp = params[row].clone()
             sp.max_tokens = params[row].max_tokens - len(c.token_ids)
+            # the completion tokens its prompt carries (lookup drafts group it with its siblings by the original prompt)
+            sp.extra_args = (sp.extra_args or {}) | {"laconic_continued": len(c.token_ids)}
             if self.spec_sampling == "coupled":  # the original's seed, its generator past the tokens sampled
                 sp.extra_args = (sp.extra_args or {}) | {"laconic_seed_draws": len(c.token_ids)}
             else:
@@ -233,22 +236,22 @@ class VLLMEngine:
         return taken
 
     def _spec_counters(self) -> tuple[int, ...]:
-        """(drafts, draft tokens, accepted tokens, engine steps, speculative steps), cumulative."""
+        """(drafts, draft tokens, accepted tokens, engine steps, speculative steps, lookup drafts), cumulative."""
         if self.meter is None:
-            return (0, 0, 0, 0, 0)
-        m = self.meter
-        return (m.drafts, m.draft_tokens, m.accepted_tokens, m.steps, m.spec_steps)
+            return (0, 0, 0, 0, 0, 0)
+        m, blend = self.meter, self.patches.gate.blend
+        return (m.drafts, m.draft_tokens, m.accepted_tokens, m.steps, m.spec_steps, blend.replaced if blend else 0)
 
     def spec_total(self) -> SpecStats:
         """Speculation counters over the engine's whole life (every generate call so far)."""
-        return self._spec_delta((0, 0, 0, 0, 0))
+        return self._spec_delta((0, 0, 0, 0, 0, 0))
 
     def _spec_delta(self, before: tuple[int, ...]) -> SpecStats:
         if self.meter is None:
             return SpecStats()
         d = [a - b for a, b in zip(self._spec_counters(), before)]
         return SpecStats(enabled_frac=d[4] / d[3] if d[3] else 0.0, drafts=d[0], draft_tokens=d[1],
-                         accepted_tokens=d[2])
+                         accepted_tokens=d[2], lookup_drafts=d[5])
 
     def _to_batch(self, prompts: list[Prompt], comps: list["_Completion"], index: list[int]) -> RolloutBatch:
         width = max(1, max(len(c.token_ids) for c in comps))

@@ -133,16 +133,18 @@ def step_metrics(ctx: StepContext, sample, sums: Sums, timers: Timers) -> tuple[
 def spec_metrics(stats: list[SpecStats]) -> dict:
     """``spec/*`` of one step from every generate call of every rank (vLLM's definitions: the mean acceptance
     length counts the bonus token)."""
-    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.handoffs, s.enabled_frac] for s in stats]
-                       or [[0, 0, 0, 0, 0]], dtype=torch.float64)
-    summed = distributed.all_sum(torch.cat([tot[:, :4].sum(0), torch.tensor([tot[:, 4].mean(), 1.0],
+    tot = torch.tensor([[s.drafts, s.draft_tokens, s.accepted_tokens, s.handoffs, s.lookup_drafts, s.enabled_frac]
+                        for s in stats] or [[0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    summed = distributed.all_sum(torch.cat([tot[:, :5].sum(0), torch.tensor([tot[:, 5].mean(), 1.0],
                                                                              dtype=torch.float64)]))
-    drafts, draft_tokens, accepted, handoffs, enabled, ranks = summed.tolist()
+    drafts, draft_tokens, accepted, handoffs, lookup, enabled, ranks = summed.tolist()
     total = SpecStats(enabled / ranks, int(drafts), int(draft_tokens), int(accepted), int(handoffs))
     return {"spec/enabled_frac": total.enabled_frac, "spec/drafts": drafts, "spec/draft_tokens": draft_tokens,
             "spec/accepted_tokens": accepted, "spec/handoffs": handoffs,
             "spec/mean_accept_len": total.mean_accept_len,
-            "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0}
+            "spec/acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0,
+            # rollout.lookup_blend: the share of rounds whose draft came from the lookup instead of the head
+            "spec/lookup_frac": lookup / drafts if drafts else 0.0}
 
 
 BATCH_SHARES = (8, 32)  # rollout/batch_le{N}_frac: the share of engine-step time with at most N requests

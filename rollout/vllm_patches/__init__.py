@@ -17,6 +17,7 @@ The patches (each installed on this engine's instances, except the process-wide 
 - ``gate`` / ``meter`` (:mod:`.metering`): the drafter gate and the step meter that apply the controller's K;
 - ``clock`` (:mod:`.metering`): step seconds by batch size, on every in-process engine (drafter or not);
 - ``lookup``: binds :class:`rollout.lookup.LookupProposer` (vLLM's public ``custom_class`` method) to the runner;
+- ``blend`` (:mod:`.blend`): lookup drafts in place of a trained head's, per request, inside the drafter gate;
 - ``handoff`` / ``reload`` / ``engine`` (:mod:`.internals`): reads and calls that replace nothing.
 
 vLLM is imported inside functions only: this package imports without it.
@@ -150,19 +151,21 @@ def missing_attrs(touch: Touch) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------- install
 def _needed(speculation: bool, coupled: bool, cuda: bool, clock: bool = False,
-            lookup: tuple | None = None) -> list[Touch]:
+            lookup: tuple | None = None, blend: tuple | None = None) -> list[Touch]:
     groups = {"engine"} | ({"expand", "gate", "meter", "handoff", "reload"} if speculation else set())
     if clock:
         groups.add("clock")
     if lookup is not None:
         groups.add("lookup")
+    if blend is not None:
+        groups.add("blend")
     if coupled:
         groups.add("coupled")
     return [t for t in MANIFEST if t.patch in groups and not (t.cpu_only and cuda)]
 
 
 def install(llm, *, controller: SpecController | None = None, coupled: bool = False,
-            lookup: tuple | None = None) -> "Patches":
+            lookup: tuple | None = None, blend: tuple | None = None) -> "Patches":
     """Patch one live ``vllm.LLM`` (in-process engine) and return the handle to it.
 
     Order, each step only after the one before succeeded: (1) the vLLM version is a tested one (else
@@ -170,7 +173,8 @@ def install(llm, *, controller: SpecController | None = None, coupled: bool = Fa
     (else RuntimeError, nothing touched); (3) with a ``controller`` (an engine with a drafter): the expand fix
     (process-wide, only where the probe fails on a version known to carry the bug), coupled sampling if ``coupled``,
     the drafter gate and the step meter feeding ``controller``; with ``lookup = (n_min, n_max, history)`` (an engine
-    whose drafter is :class:`rollout.lookup.LookupProposer`) the proposer is bound to the runner first; (4) the batch
+    whose drafter is :class:`rollout.lookup.LookupProposer`) the proposer is bound to the runner first, with
+    ``blend = (n_min, n_max, history)`` (a trained head) lookup drafts join the head's per request; (4) the batch
     clock, with or without a controller, where the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``;
     elsewhere its core is in another process and ``Patches.clock`` stays None). Without a controller the clock is the
     only patch; the handle still carries the engine's private reads."""
@@ -178,7 +182,9 @@ def install(llm, *, controller: SpecController | None = None, coupled: bool = Fa
 
     check_version()
     clock = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available(), clock, lookup))
+    if blend is not None and (controller is None or lookup is not None):
+        raise ValueError("lookup drafts blend into a trained head's: blend needs a controller and no lookup drafter")
+    bad = unresolved(_needed(controller is not None, coupled, torch.cuda.is_available(), clock, lookup, blend))
     if bad:
         raise RuntimeError("vLLM internals Laconic patches are missing from this vLLM (moved or renamed); nothing "
                            "has been patched:\n  " + "\n  ".join(bad))
@@ -188,7 +194,7 @@ def install(llm, *, controller: SpecController | None = None, coupled: bool = Fa
 
         patches.clock = BatchClock(internals.engine_core(llm)).install()  # first: a step meter wraps the clock
     if controller is not None:
-        patches._install_speculation(controller, coupled, lookup)
+        patches._install_speculation(controller, coupled, lookup, blend)
     return patches
 
 
@@ -206,7 +212,8 @@ class Patches:
     meter: object = None  # StepMeter with a drafter, else None
     clock: object = None  # BatchClock on an in-process engine, else None
 
-    def _install_speculation(self, controller: SpecController, coupled: bool, lookup: tuple | None) -> None:
+    def _install_speculation(self, controller: SpecController, coupled: bool, lookup: tuple | None,
+                             blend: tuple | None) -> None:
         from rollout.vllm_patches.coupled import CoupledSampling
         from rollout.vllm_patches.expand import fix_expand
         from rollout.vllm_patches.metering import DrafterGate, StepMeter
@@ -225,6 +232,12 @@ class Patches:
         core = internals.engine_core(self.llm)
         self.gate = DrafterGate(runner).install()
         self.meter = StepMeter(core, controller, self.gate).install()
+        if blend is not None:
+            from rollout.controller import DraftSources
+            from rollout.vllm_patches.blend import LookupBlend
+
+            controller.sources = DraftSources(controller.k_max, blend[1])
+            self.gate.blend = LookupBlend(runner, controller.sources, *blend)
 
     def in_flight(self, prefix: str) -> list[internals.InFlight]:
         """Unfinished requests whose id starts with ``prefix``, with their tokens (and log-probs) so far."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Touch:
     symbol: str  # dotted path of the private vLLM symbol (a module attribute, class, method or operator)
-    patch: str  # which patch touches it: expand | coupled | gate | clock | meter | lookup | handoff | reload | engine
+    patch: str  # which patch: expand | coupled | gate | clock | meter | lookup | blend | handoff | reload | engine
     action: str  # what is done to it (see the module docstring)
     attrs: tuple[str, ...] = ()  # instance attributes / fields read or written on objects of that class
     cpu_only: bool = False  # exists on vLLM-CPU builds only (checked only there)
@@ -115,6 +115,15 @@ MANIFEST: tuple[Touch, ...] = (
     Touch(_RUNNER, "lookup", "read: the live input batch; LookupProposer.bind(runner)", ("input_batch", "drafter")),
     Touch("vllm.v1.worker.gpu_input_batch.InputBatch", "lookup", "read: the rows' request ids and prompt lengths",
           ("req_ids", "num_prompt_tokens")),
+    # blend: lookup drafts beside a trained head (rollout.vllm_patches.blend.LookupBlend, inside the drafter gate)
+    Touch(_RUNNER, "blend", "read: the rows, their requests and the head's draft probabilities; the replaced rows' "
+          "probabilities written one-hot", ("input_batch", "requests", "discard_request_mask", "_draft_probs")),
+    Touch("vllm.v1.worker.gpu_input_batch.InputBatch", "blend", "read: the rows' request ids and tokens so far",
+          ("req_ids", "num_prompt_tokens", "token_ids_cpu", "num_tokens_no_spec")),
+    Touch("vllm.v1.worker.gpu_input_batch.CachedRequestState", "blend", "read: a hand-off continuation's "
+          "extra_args", ("sampling_params",)),
+    Touch(f"{_RUNNER}._bookkeeping_sync", "blend", "mirrored: writes the step's sampled tokens to token_ids_cpu / "
+          "num_tokens_no_spec after a head's proposal ran (LookupBlend adds them itself)"),
     # handoff: in-flight request states
     Touch("vllm.v1.engine.llm_engine.LLMEngine", "handoff", "read", ("output_processor", "engine_core")),
     Touch("vllm.v1.engine.output_processor.OutputProcessor", "handoff", "read: in-flight requests",

@@ -34,7 +34,9 @@ class DrafterGate:
     correction is a lower bound.
 
     A lookup drafter (:class:`rollout.lookup.LookupProposer`, :attr:`stateless`) has no KV: every K = 0 step skips
-    it, nothing goes stale, and a drafting step hands it the step's K.
+    it, nothing goes stale, and a drafting step hands it the step's K. Beside a trained head, lookup drafts replace
+    the head's per request through :attr:`blend` (:class:`rollout.vllm_patches.blend.LookupBlend`), called on every
+    step.
 
     :meth:`install` replaces ``GPUModelRunner.propose_draft_token_ids`` on this runner instance with :meth:`propose`."""
 
@@ -45,6 +47,7 @@ class DrafterGate:
         self._stock_propose = runner.propose_draft_token_ids
         self.skip = False  # skip the drafter on K = 0 steps (set by the step meter before each step is scheduled)
         self.kv_only_s = 0.0  # seconds of drafter forwards on this step that proposed nothing (K = 0)
+        self.blend = None  # LookupBlend: per request, lookup drafts in place of the head's (rollout.lookup_blend)
 
     def install(self) -> "DrafterGate":
         self.runner.propose_draft_token_ids = self.propose
@@ -57,10 +60,13 @@ class DrafterGate:
         if k > 0:
             if self.stateless:  # vLLM's custom_class call does not pass the step's K
                 runner.drafter.step_k = k
-            return self._stock_propose(scheduler_output, sampled_token_ids, *args, **kwargs)
+            out = self._stock_propose(scheduler_output, sampled_token_ids, *args, **kwargs)
+            return out if self.blend is None else self.blend(sampled_token_ids, out)
         if self.stateless:
             runner._draft_probs = runner._draft_prob_req_ids = None
             return [[] for _ in range(runner.input_batch.num_reqs)]
+        if self.blend is not None:  # no drafts: credit the ones this step verified, keep the lookup's text current
+            self.blend(sampled_token_ids, None)
         if not self.skip:  # K = 0, drafter run only to keep its KV complete: timed for the meter
             t0 = time.perf_counter()
             out = self._stock_propose(scheduler_output, sampled_token_ids, *args, **kwargs)

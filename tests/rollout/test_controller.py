@@ -201,3 +201,60 @@ def test_controller_module_imports_and_runs_without_vllm():
     p = subprocess.run([sys.executable, "-c", NO_VLLM], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.stdout.startswith("OK 2 False"), p.stderr[-3000:]
     assert "rollout.vllm" not in p.stdout, p.stdout  # neither vllm_engine nor vllm_patches was imported
+
+
+def _sources(**kw):
+    from rollout.controller import DraftSources
+
+    return DraftSources(**({"k_max": 4, "n_max": 4, "explore": 4, "explore_every": 5} | kw))
+
+
+def test_draft_sources_expected_tokens_are_one_plus_the_per_position_acceptance():
+    """A 4-token draft accepted through 2 tokens, then one accepted through 4: per position drafted 2 / 2 / 2 / 2,
+    accepted 2 / 2 / 1 / 1 (no decay) -> 1 + 1 + 1 + 0.5 + 0.5 = 4.0 tokens at K = 4, 3.0 at K = 2."""
+    s = _sources(decay=1.0)
+    s.record("lookup", 3, 4, 2)
+    s.record("lookup", 3, 4, 4)
+    assert s.expected("lookup", 3, 4) == pytest.approx(4.0) and s.expected("lookup", 3, 2) == pytest.approx(3.0)
+    assert s.expected("head", 3, 4) == 1.0 and s.expected("lookup", 2, 4) == 1.0  # nothing measured: the bonus only
+    s.record("head", 0, 2, 5)  # accepted beyond the draft's length counts as the whole draft
+    assert s.expected("head", 0, 4) == pytest.approx(3.0)
+
+
+def test_draft_sources_explore_both_then_pick_the_better_per_match_length():
+    """Until both sources have `explore` drafts at a match length the one with fewer is drafted; then the better one,
+    judged at that match length only (the head wins where it is better, the lookup elsewhere), with every
+    `explore_every`-th rejected comparison going to the loser."""
+    s = _sources()
+    first = [s.pick(4, 4) for _ in range(8)]
+    assert first == ["lookup", "head"] * 4
+    for n, lookup_acc, head_acc in ((4, 4, 1), (2, 0, 3)):
+        for _ in range(20):
+            s.record("lookup", n, 4, lookup_acc)
+            s.record("head", n, 4, head_acc)
+    picks4 = [s.pick(4, 4) for _ in range(10)]
+    assert picks4.count("lookup") == 8 and picks4.count("head") == 2  # 2 of 10 explorations (every 5th rejected)
+    picks2 = [s.pick(2, 4) for _ in range(10)]
+    assert picks2.count("head") == 8
+    assert s.picked["lookup"] == 4 + 8 + 2 and s.lookup_share() == pytest.approx(14 / 28)
+
+
+def test_draft_sources_forget_and_checkpoint():
+    """Counts decay per record (a source that got worse is re-judged), the state round-trips exactly through the
+    controller's state_dict, and a state of another K is refused by name."""
+    s = _sources(decay=0.5, explore=1, explore_every=0)
+    for _ in range(10):
+        s.record("lookup", 4, 4, 4)
+        s.record("head", 4, 4, 2)
+    assert s.pick(4, 4) == "lookup"
+    for _ in range(10):
+        s.record("lookup", 4, 4, 0)
+    assert s.expected("lookup", 4, 4) < 1.01 and s.pick(4, 4) == "head"
+    c = SpecController(k_max=4, buckets=[1, 4], explore_every=0)
+    c.sources = s
+    c2 = SpecController(k_max=4, buckets=[1, 4], explore_every=0)
+    c2.sources = _sources(decay=0.5)
+    c2.load_state_dict(c.state_dict())
+    assert c2.sources.state_dict() == s.state_dict()
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        _sources(k_max=2).load_state_dict(s.state_dict())

@@ -117,3 +117,17 @@ def test_without_history_a_prompt_is_forgotten_once_none_of_its_requests_runs():
     idx.retire([])
     idx.sync("c", prompt, prompt + [1, 2])
     assert idx.propose("c", 2) == [] and len(idx.groups) == 1
+
+
+def test_match_reports_the_matched_length_and_append_extends_a_live_request():
+    """``match`` names the n-gram length that matched (0: none); ``append`` adds tokens after what the index holds,
+    exactly as a full ``sync`` would."""
+    a, b = LookupIndex(n_min=2, n_max=4), LookupIndex(n_min=2, n_max=4)
+    prompt, tail = [1, 2, 3], [5, 6, 7, 8, 5, 6, 7]
+    a.sync("r", prompt, prompt)
+    a.append("r", tail)
+    b.sync("r", prompt, prompt + tail)
+    assert a.known("r") == b.known("r") == 10 and a.known("other") == -1
+    assert a.match("r", 2) == b.match("r", 2) == ([8, 5], 3)  # "5 6 7" (3 tokens: "8 5 6 7" never occurred)
+    a.append("r", [9])
+    assert a.match("r", 3) == ([], 0)

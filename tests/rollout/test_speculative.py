@@ -490,3 +490,53 @@ def test_lookup_drafts_stay_exact_while_the_controller_moves_k(setup):
     ks = {k for (_, k) in eng.controller.samples}
     assert 0 in ks and len(ks) >= 3, ks
     assert b.spec.accepted_tokens > 0
+
+
+def _blend_engine(setup, **rc):
+    """An engine drafting with the trained head and lookup drafts beside it (``rollout.lookup_blend``), kept in the
+    fixture (see ``_rejection_1500``)."""
+    from rollout.vllm_engine import VLLMEngine
+
+    key = "blend" + "".join(f"-{k}={v}" for k, v in sorted(rc.items()))
+    if key not in setup:
+        setup[key] = VLLMEngine(setup["base"], RolloutConfig(**(RC | {"lookup_blend": True} | rc)), seed=0,
+                                drafter=setup["trained"])
+    return setup[key]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_blended_head_and_lookup_drafts_are_token_identical_to_plain_decoding(setup, temperature):
+    """The head drafts every request, the lookup's draft replaces it per request where the draft sources pick it
+    (GRPO-shaped traffic: 8 siblings per prompt): the tokens and log-probs are exactly the plain engine's, greedy and
+    sampled (coupled verification), both sources drafted, and the lookup index holds every request's text exactly
+    (prompt + completion, what it drafts from; past the cap, the last round's tokens vLLM cut off)."""
+    eng = _blend_engine(setup)
+    spec = SamplingSpec(n=8, max_tokens=200, temperature=temperature, seed=37)
+    prompts = setup["prompts"][10:14]
+    a, b = setup["plain"].generate(prompts, spec), eng.generate(prompts, spec)
+    assert b.completion_ids.tolist() == a.completion_ids.tolist()
+    m = a.completion_mask
+    assert (a.sampler_logprobs[m] - b.sampler_logprobs[m]).abs().max() < 1e-4
+    blend = eng.patches.gate.blend
+    assert 0 < b.spec.lookup_drafts <= blend.replaced and eng.controller.sources.picked["head"] > 0
+    assert b.spec.accepted_tokens > 0.3 * b.spec.draft_tokens
+    held = [seq for g in blend.index.groups.values() for seq in g.seqs]
+    for row in range(len(b.texts)):
+        p = list(b.prompts[int(b.prompt_index[row])].token_ids)
+        want = p + b.completion_ids[row][m[row]].tolist()  # a capped one may hold the round's tokens past the cap
+        assert any(seq[:len(want)] == want and len(seq) <= len(want) + 4 for seq in held), row
+
+
+def test_blended_drafts_keep_the_distribution_under_rejection_sampling(setup):
+    """vLLM's rejection sampling verifies the head's probabilistic drafts against their draft probabilities; rows the
+    lookup drafted carry one-hot probabilities on its tokens. 1500 siblings of one prompt (the lookup drafts most of
+    them): the token distribution stays the plain engine's (as in the rejection test above)."""
+    width = 48
+    eng = _blend_engine(setup, spec_sampling="rejection")
+    b = eng.generate([setup["prompts"][0]], SamplingSpec(n=1500, max_tokens=48, temperature=1.0, seed=17))
+    blend = eng.patches.gate.blend
+    assert blend.one_hot == blend.replaced > 1000 and b.spec.accepted_tokens > 0.3 * b.spec.draft_tokens
+    ma, mb = _marginals(_plain_1500(setup), width), _marginals(b, width)
+    t = max(range(width), key=lambda i: len(ma[i]) and -max(ma[i].values()) / sum(ma[i].values()))
+    assert _tv(ma[t], mb[t]) < 0.06, (t, ma[t], mb[t])
+    assert max(_tv(x, y) for x, y in zip(ma, mb) if sum(x.values()) > 300) < 0.08

@@ -44,7 +44,7 @@ def test_every_manifest_symbol_resolves_in_the_installed_vllm(vllm):
     entries = [t for t in vp.MANIFEST if not (t.cpu_only and cuda)]
     assert vp.unresolved(entries) == []
     assert {t.symbol: vp.missing_attrs(t) for t in entries if t.attrs and vp.missing_attrs(t)} == {}
-    assert {t.patch for t in vp.MANIFEST} == {"expand", "coupled", "gate", "clock", "meter", "lookup",
+    assert {t.patch for t in vp.MANIFEST} == {"expand", "coupled", "gate", "clock", "meter", "lookup", "blend",
                                                 "handoff", "reload", "engine"}
     named = {t.symbol for t in vp.MANIFEST}
     for must in ("vllm.v1.sample.rejection_sampler.expand_batch_to_tokens",

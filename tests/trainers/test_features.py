@@ -67,12 +67,12 @@ def test_spec_metrics_pool_a_steps_generate_calls_with_vllms_definitions():
     from rollout.types import SpecStats
     from trainers.metrics import spec_metrics
 
-    calls = [SpecStats(enabled_frac=1.0, drafts=10, draft_tokens=40, accepted_tokens=30, handoffs=2),
+    calls = [SpecStats(enabled_frac=1.0, drafts=10, draft_tokens=40, accepted_tokens=30, handoffs=2, lookup_drafts=8),
              SpecStats(enabled_frac=0.5, drafts=30, draft_tokens=60, accepted_tokens=20)]
     m = spec_metrics(calls)
     assert m["spec/mean_accept_len"] == pytest.approx(1 + 50 / 40)  # bonus token counted, pooled over rounds
     assert m["spec/acceptance_rate"] == pytest.approx(50 / 100)
     assert (m["spec/drafts"], m["spec/draft_tokens"], m["spec/accepted_tokens"], m["spec/handoffs"]) == (40, 100, 50, 2)
-    assert m["spec/enabled_frac"] == pytest.approx(0.75)
+    assert m["spec/enabled_frac"] == pytest.approx(0.75) and m["spec/lookup_frac"] == pytest.approx(8 / 40)
     off = spec_metrics([SpecStats()])
     assert off["spec/mean_accept_len"] == 0.0 and off["spec/acceptance_rate"] == 0.0
