@@ -347,12 +347,13 @@ def _pool(runs: list[dict]) -> dict:
 
 
 def _table(rows: list[dict], steps: int) -> str:
-    head = (f"{'system':8} {'s/step med':>10} {'s/step mean':>11} {'rollout s':>9} {'tok/step':>9} {'len':>6} "
+    w = max(8, *(len(r["system"]) for r in rows))
+    head = (f"{'system':{w}} {'s/step med':>10} {'s/step mean':>11} {'rollout s':>9} {'tok/step':>9} {'len':>6} "
             f"{'s/1k tok':>8} {'reward':>6}  mode")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['system']:8} {r['step_s_median']:10.2f} {r['step_s_mean']:11.2f} {r['rollout_s_median']:9.2f} "
-                     f"{r['tokens_per_step']:9.0f} {r['len_mean']:6.1f} {r['s_per_1k_tokens']:8.2f} "
+        lines.append(f"{r['system']:{w}} {r['step_s_median']:10.2f} {r['step_s_mean']:11.2f} "
+                     f"{r['rollout_s_median']:9.2f} {r['tokens_per_step']:9.0f} {r['len_mean']:6.1f} {r['s_per_1k_tokens']:8.2f} "
                      f"{r['reward_mean']:6.3f}  {r['mode']}")
     lines.append(f"steps: {steps} per run, step 1 excluded ({rows[0]['steps_measured']} measured per system); "
                  f"tok/step = completion tokens; len = mean completion length; rollout s = median generation time")

@@ -134,6 +134,10 @@ class TrainerConfig:
     epochs: int = 1  # passes over a step's rollouts (>1 makes the PPO ratio matter)
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero spread, sample more until full
+    # several ranks: after phase 3 the step's groups are dealt out again so that every rank trains on as many groups
+    # and near-equal tokens (trainers/sampling.py balance_groups); the forward and update wait for the slowest rank,
+    # and a long-tailed rollout leaves the long rows on one or two ranks. The loss is unchanged (global denominators)
+    balance_ranks: bool = True
     max_sample_rounds: int = 3  # dynamic sampling: generation rounds per step before filling with dropped groups
     # zero spread of: reward (total reward) | score (total before the truncation rule: DLER) | correct (DAPO's acc)
     dynamic_sampling_metric: str = "reward"

@@ -6,7 +6,8 @@ One step is :meth:`Trainer.train_step`, phase by phase (the numbering used every
                scores them (``rewards.compute``); with dynamic sampling, round after round (:mod:`trainers.sampling`)
 2 idle window  with a drafter and several ranks: a rank done with its rollout trains the drafter until every rank
                is done (:mod:`trainers.drafting`)
-3 select       the groups the rank trains on: dynamic sampling's kept groups, the DECS curriculum's share, fillers
+3 select       the groups the rank trains on: dynamic sampling's kept groups, the DECS curriculum's share, fillers;
+               with several ranks every rank's groups dealt out again to near-equal tokens (``trainer.balance_ranks``)
 4 forward      without grad, what the configuration needs: the trainer's log-probs of the sampling policy, the
                reference's, the critic's values, sampler-mismatch weights; its hidden states are the drafter's rows
                (:mod:`trainers.update`)
@@ -131,6 +132,8 @@ class Trainer:
                 with timers("idle"):
                     drafter.idle_train()  # 2 idle-window drafter work
             sample = self.sampler.select(rounds)  # 3 select
+            if self.cfg.trainer.balance_ranks and self.d.world_size > 1:
+                sample = self.sampler.balance(sample)  # the groups dealt out again: near-equal tokens per rank
             rows = _rows(sample.batch)
             with timers("forward"):
                 fwd = self.updater.forward(rows, timers)  # 4 forward

@@ -84,6 +84,23 @@ def apply_kept_tokens(batch: RolloutBatch, out: RewardOutput) -> RolloutBatch:
     return replace(batch, completion_mask=batch.completion_mask & keep, texts=list(texts))
 
 
+def balance_groups(costs: list[int], ranks: int) -> list[list[int]]:
+    """Groups (by ``costs``, e.g. tokens) -> ``ranks`` lists of group indices, the same number of groups each (ranks
+    must run the same number of micro-batches), the costs spread by longest-processing-time first: each group, most
+    costly first, to the least loaded rank that still has room (ties: the lower rank). Each list is in index order.
+    Example: costs [9, 1, 1, 1], 2 ranks -> [[0, 3], [1, 2]] (loads 10 and 2: one 9 cannot be split)."""
+    if len(costs) % ranks:
+        raise ValueError(f"{len(costs)} groups cannot be dealt out equally to {ranks} ranks")
+    room, load = [len(costs) // ranks] * ranks, [0] * ranks
+    out: list[list[int]] = [[] for _ in range(ranks)]
+    for g in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min((r for r in range(ranks) if room[r]), key=lambda r: (load[r], r))
+        out[r].append(g)
+        room[r] -= 1
+        load[r] += costs[g]
+    return [sorted(x) for x in out]
+
+
 class Sampler:
     """Owns the prompt stream, the stateful reward terms and the curriculum of one rank."""
 
@@ -96,6 +113,7 @@ class Sampler:
         self.curriculum = DECSCurriculum(cfg.reward) if cfg.reward.decs_curriculum.enabled else None
         self.needs_offsets = rewards.needs_token_offsets(cfg.reward)
         self.rng = random.Random(cfg.run.seed * 7_901 + rank)
+        self.rank = rank
 
     # ------------------------------------------------------------------ phases
     def roll_out(self, step: int, timers: Timers) -> Rounds:
@@ -140,6 +158,31 @@ class Sampler:
         batch = concat_batches([select_rows(b, rows) for b, _, rows in chosen])
         out = concat_outputs([select_output(o, rows) for _, o, rows in chosen])
         return Sample(apply_kept_tokens(batch, out), out, stats, r.generated, r.spec, r.timing)
+
+    def balance(self, sample: Sample) -> Sample:
+        """Every rank's groups gathered and dealt out again by :func:`balance_groups` on their tokens (prompt +
+        completion), the same on every rank (a collective; one rank: ``sample`` itself). Only the rows move: this
+        rank's rollout and speculation statistics stay its own."""
+        parts = distributed.gather_objects((sample.batch, sample.rewards))
+        if len(parts) == 1:
+            return sample
+        batch = concat_batches([b for b, _ in parts])
+        out = concat_outputs([o for _, o in parts])
+        tokens = batch.completion_mask.sum(-1) + torch.tensor([len(batch.prompts[int(i)].token_ids)
+                                                               for i in batch.prompt_index])
+        groups = batch.group_ids.unique().tolist()  # sorted; prompts without rows (dropped groups) are not groups
+        costs = [int(tokens[batch.group_ids == g].sum()) for g in groups]
+        dealt = balance_groups(costs, len(parts))
+        before = [int(b.completion_mask.sum()) + sum(len(b.prompts[int(i)].token_ids) for i in b.prompt_index)
+                  for b, _ in parts]
+        after = [sum(costs[i] for i in d) for d in dealt]
+        mean = sum(costs) / len(parts)
+        stats = {"rollout/rank_token_imbalance_before": max(before) / mean}  # the busiest rank's tokens / the mean
+        if max(after) >= max(before):  # the greedy deal is a heuristic: where it is no better, nothing moves
+            return replace(sample, stats=sample.stats | stats | {"rollout/rank_token_imbalance": max(before) / mean})
+        rows = torch.cat([(batch.group_ids == groups[i]).nonzero().flatten() for i in dealt[self.rank]])
+        return replace(sample, batch=select_rows(batch, rows), rewards=select_output(out, rows),
+                       stats=sample.stats | stats | {"rollout/rank_token_imbalance": max(after) / mean})
 
     def rollout(self, step: int, round_: int = 0) -> RolloutBatch:
         r = self.cfg.rollout

@@ -61,6 +61,8 @@ def test_two_deepspeed_ranks_each_with_its_own_engine(base_model_dir, tmp_path, 
     assert _jsonl(out / "eval.jsonl")[0]["eval/n"] == 32  # held-out set split over ranks, gathered once
     assert (out / "checkpoints" / "step_2" / "COMPLETE").exists()
     assert all(m["sync/greedy_match"] == 1.0 for m in metrics)  # ZeRO-3: gathered in buckets, engine == trainer
+    # trainer.balance_ranks: the groups dealt out again, never worse than where they were sampled
+    assert all(1.0 <= m["rollout/rank_token_imbalance"] <= m["rollout/rank_token_imbalance_before"] for m in metrics)
 
     # the same global batch on one rank: rollouts are seeded per (step, problem, sample) and vLLM sampling is
     # batch-invariant, so step 1 sees identical completions; DeepSpeed's reduced gradient must then give the
