@@ -35,7 +35,7 @@ class RolloutConfig:
     lookup_history: bool = True  # also look up earlier completions of the prompt (False: only while one runs)
     # with a trained drafter (drafter.method eagle / eagle3 / draft_model): also look every request up, and verify the
     # lookup's draft instead of the head's where measured acceptance says it emits more (rollout/controller.py
-    # DraftSources); lossless either way
+    # DraftSources); lossless either way; nothing with the drafter off
     lookup_blend: bool = False
 
 

@@ -330,10 +330,10 @@ def _validate_across(cfg: Config, world_size: int) -> None:
     if one_mode and cfg.data.length_target.mode == "both":
         raise ValueError(f"data.length_target.mode=both mixes Exact and Max prompts: use reward.terms lcpo (each row "
                          f"by its own instruction) instead of {one_mode}")
-    if r.lookup_blend and not (cfg.drafter.enabled and cfg.drafter.method != "lookup"):
+    if r.lookup_blend and cfg.drafter.enabled and cfg.drafter.method == "lookup":  # drafter off: nothing speculates
         raise ValueError("rollout.lookup_blend=true blends lookup drafts into a trained drafter's: it needs "
-                         "drafter.enabled=true with drafter.method eagle, eagle3 or draft_model (drafter.method=lookup "
-                         "already drafts by lookup alone)")
+                         "drafter.method eagle, eagle3 or draft_model (drafter.method=lookup already drafts by lookup "
+                         "alone)")
     if a.advantage == "grpo" and r.n < 2:
         raise ValueError("algo.advantage=grpo needs rollout.n >= 2 (group statistics of one sample are undefined)")
     if a.sampler_correction != "none" and not r.logprobs:

@@ -82,7 +82,6 @@ def test_unknown_recipe_suggests():
     (["rollout.lookup_min_n=5", "rollout.lookup_max_n=4"], "rollout.lookup_min_n"),
     (["rollout.lookup_min_n=0"], "rollout.lookup_min_n"),
     (["drafter.enabled=true", "drafter.method=lookup", "drafter.init=cache"], "drafter.init"),
-    (["rollout.lookup_blend=true"], "rollout.lookup_blend"),
     (["drafter.enabled=true", "drafter.method=lookup", "rollout.lookup_blend=true"], "rollout.lookup_blend"),
 ])
 def test_impossible_combinations_name_fields(overrides, field):
