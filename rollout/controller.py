@@ -297,16 +297,15 @@ class DraftSources:
                 "tried": {f"{s},{n}": v for (s, n), v in self.tried.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        def keyed(d: dict) -> dict:
-            return {(key.split(",")[0], int(key.split(",")[1])): [float(x) for x in v] for key, v in d.items()}
+        def key(text: str) -> tuple[str, int]:  # "lookup,3" -> ("lookup", 3)
+            source, n = text.split(",")
+            return source, int(n)
 
-        def keyed_counts(d: dict) -> dict:
-            return {(key.split(",")[0], int(key.split(",")[1])): v for key, v in d.items()}
-
-        drafted, accepted = keyed(state["drafted"]), keyed(state["accepted"])
+        drafted = {key(t): [float(x) for x in v] for t, v in state["drafted"].items()}
+        accepted = {key(t): [float(x) for x in v] for t, v in state["accepted"].items()}
         if set(drafted) != set(self.drafted) or any(len(v) != self.k_max for v in drafted.values()):
             raise ValueError("draft-source state from another num_speculative_tokens / rollout.lookup_max_n: "
                              f"keys {sorted(drafted)[:4]}..., expected {sorted(self.drafted)[:4]}...")
         self.drafted, self.accepted = drafted, accepted
         self.rejected, self.picked = int(state["rejected"]), {k: int(v) for k, v in state["picked"].items()}
-        self.tried = {key: int(v) for key, v in keyed_counts(state["tried"]).items()}
+        self.tried = {key(t): int(v) for t, v in state["tried"].items()}

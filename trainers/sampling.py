@@ -173,8 +173,7 @@ class Sampler:
         groups = batch.group_ids.unique().tolist()  # sorted; prompts without rows (dropped groups) are not groups
         costs = [int(tokens[batch.group_ids == g].sum()) for g in groups]
         dealt = balance_groups(costs, len(parts))
-        before = [int(b.completion_mask.sum()) + sum(len(b.prompts[int(i)].token_ids) for i in b.prompt_index)
-                  for b, _ in parts]
+        before = [int(t.sum()) for t in tokens.split([len(b.texts) for b, _ in parts])]  # rows in rank order
         after = [sum(costs[i] for i in d) for d in dealt]
         mean = sum(costs) / len(parts)
         stats = {"rollout/rank_token_imbalance_before": max(before) / mean}  # the busiest rank's tokens / the mean
